@@ -1,0 +1,19 @@
+# TORCH is what `make install` installs when torch is not importable yet.
+# On a CPU-only machine with the wheel on disk: make install TORCH=torch==2.13.0
+TORCH ?= torch
+PYTHON ?= python
+
+.PHONY: install test test-all bench lint
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench:
+	$(PYTHON) bench/run_all.py
+
+lint:
+	$(PYTHON) -m ruff check src tests bench

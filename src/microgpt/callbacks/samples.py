@@ -1,0 +1,70 @@
+"""Generate text from fixed prompts every N steps and at the end of training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+class TextSamples(L.Callback):
+    def __init__(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 200,
+        every_n_steps: int = 0,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+        seed: int = 1337,
+        filename: str = "samples.txt",
+    ) -> None:
+        self.prompts = list(prompts)
+        self.max_new_tokens = max_new_tokens
+        self.every_n_steps = every_n_steps
+        self.temperature = temperature
+        self.top_k = top_k
+        self.seed = seed
+        self.filename = filename
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self.write_samples(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_step:
+            self.write_samples(trainer, pl_module)
+
+    @rank_zero_only
+    def write_samples(self, trainer: L.Trainer, pl_module) -> None:
+        samples = self.generate(pl_module)
+        out = Path(trainer.default_root_dir) / self.filename
+        with out.open("a", encoding="utf-8") as f:
+            for prompt, text in samples:
+                f.write(f"=== step {trainer.global_step} | prompt {prompt!r}\n{prompt}{text}\n\n")
+        for prompt, text in samples:
+            log.info("sample at step %d:\n%s%s", trainer.global_step, prompt, text)
+
+    def generate(self, pl_module) -> list[tuple[str, str]]:
+        model, tokenizer = pl_module.model, pl_module.tokenizer
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        results = []
+        try:
+            for prompt in self.prompts:
+                ids = tokenizer.encode(prompt) or [tokenizer.eot]
+                idx = torch.tensor([ids], dtype=torch.long, device=pl_module.device)
+                out = model.generate(idx, self.max_new_tokens, temperature=self.temperature,
+                                     top_k=self.top_k, generator=generator)
+                results.append((prompt, tokenizer.decode(out[0, len(ids):].tolist())))
+        finally:
+            model.train(was_training)
+        return results

@@ -1,0 +1,60 @@
+"""Where the Hydra configs live, and turning composed configs into plain Python values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def _config_dir() -> str:
+    packaged = Path(__file__).parent / "conf"  # wheels carry conf/ inside the package
+    if packaged.is_dir():
+        return str(packaged)
+    return str(Path(__file__).resolve().parents[2] / "conf")  # editable install / source tree
+
+
+CONFIG_DIR = _config_dir()
+
+
+def to_plain(cfg) -> dict | list | object:
+    """A resolved, plain-Python copy of a (sub)config: what checkpoints and hyper-parameters store."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_list(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def check_command_line(config_name: str, argv: list[str]) -> None:
+    """Compose the config once before Hydra runs, so a bad override is one clear error line.
+
+    Hydra's own report of these mistakes spans many lines; this raises ConfigError instead.
+    Multiruns and Hydra's informational flags are left to Hydra.
+    """
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from microgpt.errors import ConfigError
+
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+~")
+        options = available_options(group)
+        if sep and options and value not in options and value != "null" and "/" not in value:
+            raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(options)} ({group}=<name>)")
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            compose(config_name=config_name, overrides=argv, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        message = " ".join(str(e).split())
+        raise ConfigError(f"{message} (see --help for the config groups)") from None
+
+
+def available_options(group: str) -> list[str]:
+    """Names of the configs in a config group folder (model, data, trainer, ...); [] if not a group."""
+    folder = Path(CONFIG_DIR) / group
+    if not group or not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.yaml"))

@@ -1,0 +1,34 @@
+"""`python -m microgpt.generate ckpt=... prompt="..."`: stream a continuation to stdout."""
+
+import sys
+
+from omegaconf import DictConfig
+
+from microgpt.cli import hydra_command
+from microgpt.errors import ConfigError
+
+
+@hydra_command("generate")
+def main(cfg: DictConfig) -> None:
+    from microgpt.language_model import load_model
+    from microgpt.model import check_sampling
+
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
+    if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
+        raise ConfigError("max_new_tokens must be >= 0 and num_samples >= 1")
+    lm = load_model(cfg.ckpt, device=cfg.device)
+    for i in range(cfg.num_samples):
+        if i:
+            sys.stdout.write("\n---\n")
+        sys.stdout.write(cfg.prompt)
+        for piece in lm.stream_text(
+            cfg.prompt, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+            top_p=cfg.top_p, seed=cfg.seed + i, stop_at_eot=cfg.stop_at_eot,
+        ):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

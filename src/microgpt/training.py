@@ -1,0 +1,118 @@
+"""Build the data, model and Trainer a composed config describes, and run training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from microgpt.checkpoint import read_checkpoint
+from microgpt.config import to_plain
+from microgpt.data import TextDataModule
+from microgpt.errors import CheckpointError, ConfigError, require_positive_int
+from microgpt.model import GPTConfig
+from microgpt.module import GPTModule
+from microgpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> TextDataModule:
+    data = cfg.data
+    return TextDataModule(
+        sources=to_plain(data.sources),
+        val_sources=to_plain(data.get("val_sources")),
+        tokenizer=to_plain(cfg.tokenizer),
+        block_size=data.block_size,
+        batch_size=data.batch_size,
+        val_fraction=data.get("val_fraction", 0.1),
+        num_workers=data.get("num_workers", 0),
+        seed=cfg.seed,
+    )
+
+
+def model_settings(cfg: DictConfig, tokenizer: Tokenizer) -> dict:
+    """The model config with the tokenizer's vocabulary filled in, checked against the data settings."""
+    settings = dict(to_plain(cfg.model))
+    if settings.get("vocab_size") is None:
+        settings["vocab_size"] = tokenizer.vocab_size
+    config = GPTConfig.from_dict(settings)  # validates types and sizes
+    if config.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's vocabulary "
+            f"({tokenizer.vocab_size}); set model.vocab_size=null to use the tokenizer's"
+        )
+    if cfg.data.block_size > config.block_size:
+        raise ConfigError(
+            f"data.block_size={cfg.data.block_size} is above the model's context "
+            f"(model.block_size={config.block_size}); lower data.block_size or raise model.block_size"
+        )
+    return settings
+
+
+def build_module(cfg: DictConfig, tokenizer: Tokenizer) -> GPTModule:
+    return GPTModule(
+        model=model_settings(cfg, tokenizer),
+        tokenizer=tokenizer.state(),
+        optim=to_plain(cfg.optim),
+        schedule=to_plain(cfg.schedule),
+        compile=bool(cfg.get("compile", False)),
+    )
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """Every entry of a `name: {_target_: ...}` group; `name: null` switches one off."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if c is not None]
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    accumulate = require_positive_int("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1))
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=instantiate_all(cfg.get("callbacks")),
+        logger=instantiate_all(cfg.get("logger")) or False,
+        # Lightning counts micro-batches here; the config speaks in optimizer steps.
+        val_check_interval=cfg.eval_every * accumulate,
+    )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
+    """`last` means this run directory's last.ckpt; anything else is a path that must exist."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        path = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"no checkpoint at {path}; to resume a run pass its directory "
+                f"(hydra.run.dir=<run dir> ckpt_path=last) or ckpt_path=<file.ckpt>"
+            )
+    else:
+        path = Path(ckpt_path)
+    read_checkpoint(path)  # fail here, clearly, on a missing or corrupt file
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train as configured; returns the final validation metrics."""
+    for name in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
+        require_positive_int(name, cfg[name])
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    tokenizer = datamodule.load()
+    module = build_module(cfg, tokenizer)
+    trainer = build_trainer(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    log.info("model: %s parameters", f"{module.model.count_params():,}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.global_step % cfg.eval_every:  # the last step was not an evaluation step
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    log.info("finished at step %d: %s; checkpoints in %s", trainer.global_step,
+             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), Path(cfg.paths.output_dir) / "checkpoints")
+    return metrics

@@ -1,0 +1,88 @@
+"""Shared fixtures: the real entry points as subprocesses, composed configs, small corpora."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from microgpt.config import CONFIG_DIR
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# No test may touch the network: hubs fail fast, W&B stays offline.
+OFFLINE_ENV = {
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(OFFLINE_ENV)
+
+# A tiny model and run: seconds on a laptop CPU.
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+    "data.batch_size=4", "max_steps=12", "eval_every=6", "eval_batches=2", "checkpoint_every=6",
+    "schedule.warmup_steps=2", "callbacks.text_samples.max_new_tokens=16",
+    "callbacks.progress_bar=null", "trainer.enable_model_summary=false",
+]
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    return shared_file("tinyshakespeare.txt")
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """~60 kB of real English (the start of Tiny Shakespeare, else the Python docs)."""
+    path = tmp_path / "corpus.txt"
+    source = SHARED_DATA / "tinyshakespeare.txt"
+    if source.is_file():
+        path.write_text(source.read_text()[:60_000])
+    else:
+        from microgpt.data.sources import pydoc_documents
+
+        path.write_text("".join(pydoc_documents())[:60_000])
+    return path
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m microgpt.<module> args...`, the way a user runs it."""
+    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.pop("MICROGPT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", f"microgpt.{module}", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def compose_train(*overrides: str, output_dir: Path | None = None):
+    """The real train config, composed as `python -m microgpt.train` would, for in-process runs."""
+    extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=[*overrides, *extra])
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    """A user mistake: non-zero exit, no traceback, an `error:` line naming the problem."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+    return lines[0]
