@@ -61,9 +61,8 @@ def small_corpus(tmp_path: Path) -> Path:
 
 def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m microgpt.<module> args...`, the way a user runs it."""
-    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    full_env.pop("MICROGPT_DEBUG", None)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MICROGPT_DEBUG")}
+    full_env.update({**OFFLINE_ENV, **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", f"microgpt.{module}", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,

@@ -95,14 +95,15 @@ class TextDataModule(L.LightningDataModule):
             start_micro_batch=steps_done * accumulate, rank=rank, world_size=world,
         )
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+                          generator=private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         dataset = PackedWindows(self.val_tokens, self.block_size)
         rank, world = self._rank_and_world()
         indices = list(range(rank, len(dataset), world))
         batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
-        return DataLoader(dataset, batch_sampler=batches, num_workers=0)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=0, generator=private_generator(self.seed))
 
     def state_dict(self) -> dict:
         # The position itself is derived from the step; these let a resume detect changed data.
@@ -114,3 +115,9 @@ class TextDataModule(L.LightningDataModule):
             log.warning("resuming on different data (%s train tokens now, %s in the checkpoint): "
                         "the batch order will differ from the original run",
                         len(self.train_tokens), state.get("train_tokens"))
+
+
+def private_generator(seed: int) -> torch.Generator:
+    """DataLoaders draw a seed from the global RNG each time they start iterating unless given their
+    own generator; that draw would shift dropout's random stream between a run and its resume."""
+    return torch.Generator().manual_seed(seed)

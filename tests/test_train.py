@@ -1,0 +1,125 @@
+"""Training through the real entry points: `python -m microgpt.train` / `generate`, and in-process runs
+of the same composed config."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, assert_clean_error, compose_train, run_cli
+from microgpt.model import load_model
+from microgpt.training import train
+
+
+def val_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "metrics.csv") as f:
+        return [float(row["val/loss"]) for row in csv.DictReader(f) if row.get("val/loss")]
+
+
+def files_data(corpus: Path) -> list[str]:
+    return ["data=files", f"data.paths=[{corpus}]"]
+
+
+def test_train_then_generate_through_the_entry_points(tmp_path, small_corpus):
+    run_dir = tmp_path / "run"
+    result = run_cli("train", *TINY, *files_data(small_corpus), "max_steps=30", "eval_every=10", "optim.lr=1e-2",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpts = run_dir / "checkpoints"
+    for name in ("last.ckpt", "best.ckpt", "step000006.ckpt", "step000030.ckpt"):
+        assert (ckpts / name).is_file(), sorted(p.name for p in ckpts.iterdir())
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    losses = val_losses(run_dir)
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses
+    assert (run_dir / "samples.txt").read_text().strip()
+
+    gen = run_cli("generate", f"ckpt={ckpts / 'last.ckpt'}", "prompt=ROMEO:", "max_new_tokens=40",
+                  "seed=3", "stop_at_eot=false", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert gen.stdout.startswith("ROMEO:") and len(gen.stdout.strip()) >= len("ROMEO:") + 20
+    again = run_cli("generate", f"ckpt={ckpts / 'last.ckpt'}", "prompt=ROMEO:", "max_new_tokens=40",
+                    "seed=3", "stop_at_eot=false", cwd=tmp_path)
+    assert again.stdout == gen.stdout  # a seed reproduces the sample
+
+    lm = load_model(ckpts / "last.ckpt")
+    assert lm.count_params() == sum(p.numel() for p in lm.model.parameters())
+    text = lm.generate_text(text="ROMEO:", max_new_tokens=20, seed=0, stop_at_eot=False)
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 20  # char model: 1 token = 1 char
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path, small_corpus):
+    common = [*TINY, *files_data(small_corpus), "model.dropout=0.1", "callbacks.text_samples=null"]
+    train(compose_train(*common, output_dir=tmp_path / "straight"))
+    middle = tmp_path / "straight" / "checkpoints" / "step000006.ckpt"
+    train(compose_train(*common, f"ckpt_path={middle}", output_dir=tmp_path / "resumed"))
+    a = weights(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    b = weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # ... and not because training did nothing: the weights moved after the resume point.
+    m = weights(middle)
+    assert any(not torch.equal(m[k], a[k]) for k in a)
+
+
+def test_resume_with_ckpt_path_last_in_the_same_run_dir(tmp_path, small_corpus):
+    common = [*TINY, *files_data(small_corpus), "callbacks.text_samples=null"]
+    train(compose_train(*common, "max_steps=6", output_dir=tmp_path))
+    metrics = train(compose_train(*common, "max_steps=12", "ckpt_path=last", output_dir=tmp_path))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert math.isfinite(metrics["val/loss"])
+
+
+def test_resume_with_another_model_shape_is_refused(tmp_path, small_corpus):
+    common = [*TINY, *files_data(small_corpus), "callbacks.text_samples=null", "max_steps=6"]
+    train(compose_train(*common, output_dir=tmp_path / "a"))
+    result = run_cli("train", *common, "model.n_layer=3", f"ckpt_path={tmp_path / 'a/checkpoints/last.ckpt'}",
+                     f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert_clean_error(result, "different model", "n_layer")
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["model=huge"], ["unknown model", "nano"]),
+        (["tokenizer=klingon"], ["unknown tokenizer", "gpt2"]),
+        (["data=nowhere"], ["unknown data", "files"]),
+        (["data=files", "data.paths=[missing.txt]"], ["missing.txt", "does not exist"]),
+        (["data=text", "data.text=' '"], ["empty"]),
+        (["data=text", "data.text=tiny corpus"], ["fewer than one block"]),
+        (["data.block_size=4096"], ["above the model's context"]),
+        (["ckpt_path=nowhere.ckpt"], ["nowhere.ckpt", "does not exist"]),
+        (["max_steps=abc"], ["max_steps", "positive integer"]),
+        (["max_steps=0"], ["max_steps"]),
+        (["data.batch_size=-2"], ["data.batch_size"]),
+        (["model.n_head=3"], ["divisible"]),
+        (["no_such_key=1"], ["no_such_key"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, words):
+    result = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert_clean_error(result, *words)
+
+
+def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    result = run_cli("generate", f"ckpt={bad}", cwd=tmp_path)
+    assert_clean_error(result, "corrupt")
+    assert bad.read_bytes() == b"PK\x03\x04 not really a checkpoint"
+
+
+def test_bad_sampling_parameters_through_generate(tmp_path):
+    result = run_cli("generate", "ckpt=x.ckpt", "temperature=-1", cwd=tmp_path)
+    assert_clean_error(result, "temperature")
+
+
+def test_debug_switch_shows_the_traceback(tmp_path):
+    result = run_cli("generate", "ckpt=missing.ckpt", cwd=tmp_path, env={"MICROGPT_DEBUG": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
