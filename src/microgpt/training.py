@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -13,6 +14,7 @@ from microgpt.checkpoint import read_checkpoint
 from microgpt.config import to_plain
 from microgpt.data import TextDataModule
 from microgpt.errors import CheckpointError, ConfigError, require_positive_int
+from microgpt.loggers import finish_wandb_runs, log_run_config
 from microgpt.model import GPTConfig
 from microgpt.module import GPTModule
 from microgpt.tokenizer import Tokenizer
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 def build_datamodule(cfg: DictConfig) -> TextDataModule:
     data = cfg.data
     return TextDataModule(
-        sources=to_plain(data.sources),
+        sources=to_plain(data.get("sources")),
         val_sources=to_plain(data.get("val_sources")),
         tokenizer=to_plain(cfg.tokenizer),
         block_size=data.block_size,
@@ -31,6 +33,9 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
         val_fraction=data.get("val_fraction", 0.1),
         num_workers=data.get("num_workers", 0),
         seed=cfg.seed,
+        mode=data.get("mode", "memory"),
+        val_documents=data.get("val_documents", 100),
+        shards_dir=data.get("shards_dir"),
     )
 
 
@@ -98,8 +103,18 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     return str(path)
 
 
+def quiet_lightning_logs() -> None:
+    """Route Lightning's messages through the run's own log handlers (console + train.log) once."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    if logging.getLogger().handlers:
+        lightning_log.handlers.clear()
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured; returns the final validation metrics."""
+    quiet_lightning_logs()
     for name in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
         require_positive_int(name, cfg[name])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -108,10 +123,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, tokenizer)
     trainer = build_trainer(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    if cfg.get("init_from") and ckpt_path is None:  # a resumed run restores its own weights instead
+        from microgpt.pretrained import initial_weights
+
+        initial_weights(str(cfg.init_from), module.model, tokenizer)
+        log.info("weights initialised from %s", cfg.init_from)
     log.info("model: %s parameters", f"{module.model.count_params():,}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    if trainer.global_step % cfg.eval_every:  # the last step was not an evaluation step
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+    log_run_config(trainer.loggers, cfg)
+    failed = True
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.global_step % cfg.eval_every:  # the last step was not an evaluation step
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        failed = False
+    finally:
+        finish_wandb_runs(trainer.loggers, failed)  # a multirun's next job must start its own W&B run
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     log.info("finished at step %d: %s; checkpoints in %s", trainer.global_step,
              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), Path(cfg.paths.output_dir) / "checkpoints")

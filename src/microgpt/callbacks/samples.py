@@ -7,7 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from microgpt.errors import MicroGPTError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class TextSamples(L.Callback):
         self.seed = seed
         self.filename = filename
         self._last_step = -1
+        self._table_rows: list[list] = []  # every sample so far: W&B tables are replaced, not appended
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -51,6 +55,11 @@ class TextSamples(L.Callback):
                 f.write(f"=== step {trainer.global_step} | prompt {prompt!r}\n{prompt}{text}\n\n")
         for prompt, text in samples:
             log.info("sample at step %d:\n%s%s", trainer.global_step, prompt, text)
+        self._table_rows += [[trainer.global_step, prompt, text] for prompt, text in samples]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text(key="samples", columns=["step", "prompt", "text"], data=self._table_rows,
+                                step=trainer.global_step)
 
     def generate(self, pl_module) -> list[tuple[str, str]]:
         model, tokenizer = pl_module.model, pl_module.tokenizer
@@ -60,7 +69,11 @@ class TextSamples(L.Callback):
         results = []
         try:
             for prompt in self.prompts:
-                ids = tokenizer.encode(prompt) or [tokenizer.eot]
+                try:
+                    ids = tokenizer.encode(prompt) or [tokenizer.eot]
+                except MicroGPTError as e:  # e.g. a character the char vocabulary never saw
+                    log.warning("sample prompt %r skipped: %s", prompt, e)
+                    continue
                 idx = torch.tensor([ids], dtype=torch.long, device=pl_module.device)
                 out = model.generate(idx, self.max_new_tokens, temperature=self.temperature,
                                      top_k=self.top_k, generator=generator)

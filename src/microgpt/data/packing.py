@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+import itertools
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -11,39 +12,53 @@ from torch.utils.data import Dataset, Sampler
 from microgpt.tokenizer import Tokenizer
 
 
-def tokenize_documents(documents: Iterable[str], tokenizer: Tokenizer, batch: int = 256) -> np.ndarray:
-    """All documents as one id stream, each document preceded by the tokenizer's EOT id."""
-    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    chunks: list[np.ndarray] = []
+def token_dtype(tokenizer: Tokenizer) -> type:
+    """uint16 when every id fits (half the memory and disk), else uint32."""
+    return np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+
+
+def tokenized_chunks(documents: Iterable[str], tokenizer: Tokenizer, batch: int = 256) -> Iterator[np.ndarray]:
+    """Each document's ids preceded by the tokenizer's EOT id, encoded `batch` documents at a time."""
+    dtype = token_dtype(tokenizer)
     pending: list[str] = []
+    for doc in itertools.chain(documents, [None]):
+        if doc is not None:
+            pending.append(doc)
+        if pending and (doc is None or len(pending) >= batch):
+            for ids in tokenizer.encode_batch(pending):
+                chunk = np.empty(len(ids) + 1, dtype=dtype)
+                chunk[0] = tokenizer.eot
+                chunk[1:] = ids
+                yield chunk
+            pending.clear()
 
-    def flush() -> None:
-        for ids in tokenizer.encode_batch(pending):
-            chunks.append(np.asarray([tokenizer.eot, *ids], dtype=dtype))
-        pending.clear()
 
-    for doc in documents:
-        pending.append(doc)
-        if len(pending) >= batch:
-            flush()
-    flush()
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+def tokenize_documents(documents: Iterable[str], tokenizer: Tokenizer, batch: int = 256) -> np.ndarray:
+    """All documents as one id stream (see `tokenized_chunks`)."""
+    chunks = list(tokenized_chunks(documents, tokenizer, batch))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=token_dtype(tokenizer))
 
 
 class PackedWindows(Dataset):
-    """Non-overlapping windows of `block_size + 1` tokens (inputs and shifted targets in one row)."""
+    """Non-overlapping windows of `block_size + 1` tokens (inputs and shifted targets in one row)
+    over one or more token arrays (in memory or memory-mapped shards); windows never cross arrays."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int) -> None:
-        self.tokens = tokens
+    def __init__(self, tokens: np.ndarray | Sequence[np.ndarray], block_size: int) -> None:
+        self.arrays = [tokens] if isinstance(tokens, np.ndarray) else list(tokens)
         self.block_size = block_size
-        self.n = max(0, (len(tokens) - 1) // block_size)
+        counts = [max(0, (len(a) - 1) // block_size) for a in self.arrays]
+        self.offsets = np.cumsum([0, *counts])
+        self.n = int(self.offsets[-1])
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        start = i * self.block_size
-        window = self.tokens[start : start + self.block_size + 1]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        array = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        start = (i - int(self.offsets[array])) * self.block_size
+        window = self.arrays[array][start : start + self.block_size + 1]
         # Stored narrow (uint16) to save memory; embeddings index with int64.
         return torch.from_numpy(window.astype(np.int64))
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
+import random
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -14,8 +17,20 @@ TEXT_SUFFIXES = {".txt", ".md", ".text", ""}
 JSON_SUFFIXES = {".jsonl", ".json"}
 
 
+SOURCE_KINDS = ("text", "files", "url", "hf", "mixture", "pydoc")
+
+
 def documents_from(source: dict) -> Iterator[str]:
-    """Documents of one source config, e.g. {"kind": "files", "paths": ["data/*.txt"]}."""
+    """Documents of one source config, e.g. {"kind": "files", "paths": ["data/*.txt"]}.
+
+    Every source takes `max_documents` to read only its first N documents.
+    """
+    docs = _documents(source)
+    limit = source.get("max_documents")
+    return itertools.islice(docs, limit) if limit else docs
+
+
+def _documents(source: dict) -> Iterator[str]:
     kind = source.get("kind")
     if kind == "text":
         text = source.get("text")
@@ -24,10 +39,62 @@ def documents_from(source: dict) -> Iterator[str]:
         yield text
     elif kind == "files":
         yield from file_documents(source.get("paths"), source.get("text_field", "text"))
+    elif kind == "url":
+        yield from url_documents(source)
+    elif kind == "hf":
+        from microgpt.data.hf import hf_documents
+
+        yield from hf_documents(source)
+    elif kind == "mixture":
+        yield from mixture_documents(source.get("sources") or [], source.get("seed", 0))
     elif kind == "pydoc":
         yield from pydoc_documents()
     else:
-        raise ConfigError(f"unknown data source kind {kind!r}; known: text, files, pydoc")
+        raise ConfigError(f"unknown data source kind {kind!r}; known: {', '.join(SOURCE_KINDS)}")
+
+
+def url_documents(source: dict) -> Iterator[str]:
+    """A file over HTTP(S), downloaded once into the cache, then read like a local file."""
+    from microgpt.download import fetch
+
+    url = source.get("url")
+    if not url:
+        raise ConfigError("a url source needs `url:`")
+    kwargs = {k: source[k] for k in ("sha256", "max_bytes", "timeout", "retries") if source.get(k) is not None}
+    path = fetch(url, cache_dir=source.get("cache_dir"), **kwargs)
+    yield from file_documents([path], source.get("text_field", "text"), suffix=Path(url.split("?")[0]).suffix)
+
+
+def mixture_documents(components: list[dict], seed: int) -> Iterator[str]:
+    """Documents drawn from several sources with probability proportional to their `weight`.
+
+    A source that runs out starts again until every source has been read through once, so a
+    small high-weight source is repeated rather than starving the mix. Deterministic given `seed`.
+    """
+    if not components:
+        raise ConfigError("a mixture needs `sources:`, each a source with a `weight`")
+    weights = []
+    for c in components:
+        w = c.get("weight", 1.0)
+        if not isinstance(w, (int, float)) or w <= 0:
+            raise ConfigError(f"mixture weights must be positive numbers, got {w!r}")
+        weights.append(float(w))
+    specs = [{k: v for k, v in c.items() if k != "weight"} for c in components]
+    streams = [documents_from(s) for s in specs]
+    finished = [False] * len(specs)
+    produced = [0] * len(specs)
+    rng = random.Random(seed)
+    while not all(finished):
+        i = rng.choices(range(len(specs)), weights=weights)[0]
+        doc = next(streams[i], None)
+        if doc is None:
+            if produced[i] == 0:
+                raise DataError(f"mixture source {i} ({specs[i].get('kind')}) has no documents")
+            finished[i] = True
+            streams[i] = documents_from(specs[i])
+            doc = next(streams[i])
+        produced[i] += 1
+        yield doc
 
 
 def pydoc_documents() -> Iterator[str]:
@@ -60,13 +127,31 @@ def expand_paths(patterns) -> list[Path]:
     return found
 
 
-def file_documents(patterns, text_field: str = "text") -> Iterator[str]:
+def file_documents(patterns, text_field: str = "text", suffix: str | None = None) -> Iterator[str]:
+    """.txt (and anything else) is one document per file; .jsonl/.json/.parquet give one per record."""
     for path in expand_paths(patterns):
-        suffix = path.suffix.lower()
-        if suffix in JSON_SUFFIXES:
-            yield from json_documents(path, text_field)
+        kind = (suffix or path.suffix).lower()
+        if kind in JSON_SUFFIXES:
+            yield from json_documents(path, text_field, is_array=kind == ".json")
+        elif kind == ".parquet":
+            yield from parquet_documents(path, text_field)
         else:
             yield read_text(path)
+
+
+def parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:
+        raise DataError(f"{path} is not a readable parquet file ({e})") from None
+    if text_field not in table.schema_arrow.names:
+        raise DataError(f"{path} has no column {text_field!r} (columns: {table.schema_arrow.names}); set text_field")
+    for batch in table.iter_batches(columns=[text_field]):
+        for value in batch.column(0).to_pylist():
+            if isinstance(value, str):
+                yield value
 
 
 def read_text(path: Path) -> str:
@@ -76,21 +161,18 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError:
         text = data.decode("utf-8", errors="replace")
         bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-        import warnings
-
         warnings.warn(f"{path}: {bad} invalid UTF-8 sequences replaced with U+FFFD", stacklevel=2)
         return text
 
 
-def json_documents(path: Path, text_field: str) -> Iterator[str]:
+def json_documents(path: Path, text_field: str, is_array: bool = False) -> Iterator[str]:
     text = read_text(path)
     lines = text.splitlines()
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+    if is_array and text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path} is not valid JSON ({e}); fix the file or use one record per line (.jsonl)") from None
-        lines = None
     else:
         records = []
         for n, line in enumerate(lines, 1):
@@ -108,6 +190,4 @@ def json_documents(path: Path, text_field: str) -> Iterator[str]:
         else:
             missing += 1
     if missing:
-        import warnings
-
         warnings.warn(f"{path}: skipped {missing} records without a string field {text_field!r}", stacklevel=2)

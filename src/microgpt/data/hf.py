@@ -1,0 +1,77 @@
+"""Hugging Face datasets as a document source: Hub names (streamed), builders over local files,
+and directories written by `Dataset.save_to_disk`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from microgpt.errors import ConfigError, DataError
+
+
+def hf_documents(source: dict) -> Iterator[str]:
+    """Documents of {"kind": "hf", "path": ..., "name": ..., "split": ..., "text_field": ..., "streaming": ...}."""
+    path = source.get("path")
+    if not path:
+        raise ConfigError("an hf source needs `path:` (a Hub dataset name, a builder such as json/parquet/text, or a saved dataset directory)")
+    split = source.get("split", "train")
+    field = source.get("text_field", "text")
+    dataset = _open(path, source.get("name"), split, source.get("data_files"), bool(source.get("streaming", True)))
+    keep = record_filter(source.get("filter"))
+    missing = 0
+    for record in dataset:
+        if not keep(record):
+            continue
+        value = record.get(field)
+        if isinstance(value, str):
+            yield value
+        else:
+            missing += 1
+    if missing:
+        warnings.warn(f"hf dataset {path}: skipped {missing} records without a string field {field!r}", stacklevel=2)
+
+
+def record_filter(spec: dict | None):
+    """`filter: {field: int_score, min: 4}` keeps records whose field is at least `min` (and/or at most `max`)."""
+    if not spec:
+        return lambda record: True
+    field, low, high = spec.get("field"), spec.get("min"), spec.get("max")
+    if not field or (low is None and high is None):
+        raise ConfigError("an hf filter needs `field` and `min` and/or `max`")
+
+    def keep(record: dict) -> bool:
+        value = record.get(field)
+        if not isinstance(value, (int, float)):
+            return False
+        return (low is None or value >= low) and (high is None or value <= high)
+
+    return keep
+
+
+def _open(path: str, name: str | None, split: str, data_files, streaming: bool):
+    import datasets
+
+    if Path(path).is_dir() and any((Path(path) / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        loaded = datasets.load_from_disk(path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataError(f"saved dataset {path} has no split {split!r} (splits: {sorted(loaded)})")
+            loaded = loaded[split]
+        return loaded
+    try:
+        return datasets.load_dataset(path, name, split=split, data_files=data_files, streaming=streaming)
+    except ValueError as e:
+        if "split" in str(e).lower():
+            raise DataError(f"hf dataset {path!r} has no split {split!r} ({_first_line(e)})") from None
+        raise DataError(f"could not load hf dataset {path!r}: {_first_line(e)}") from None
+    except FileNotFoundError as e:
+        raise DataError(f"hf dataset {path!r} not found ({_first_line(e)}); check the name, or the data_files paths") from None
+    except Exception as e:  # the Hub raises many types (offline, gated, not found)
+        raise DataError(f"could not load hf dataset {path!r} ({type(e).__name__}: {_first_line(e)}); "
+                        f"check the name and network (HF_DATASETS_OFFLINE=1 allows only local data)") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,111 @@
+"""Pre-tokenized token shards on disk: flat uint16/uint32 files plus a JSON manifest.
+
+Training memory-maps them and reads random windows, the fastest path for large corpora.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from microgpt.errors import DataError
+from microgpt.tokenizer import Tokenizer, tokenizer_from_state
+
+MANIFEST = "manifest.json"
+FORMAT = "microgpt-token-shards"
+VERSION = 1
+
+
+class ShardWriter:
+    """Appends token chunks to `<prefix>_NNNNNN.bin` files of at most `shard_tokens` tokens each."""
+
+    def __init__(self, out_dir: Path, prefix: str, dtype, shard_tokens: int) -> None:
+        self.out_dir, self.prefix, self.dtype, self.shard_tokens = out_dir, prefix, np.dtype(dtype), shard_tokens
+        self.shards: list[dict] = []
+        self._file = None
+        self._count = 0
+
+    def write(self, chunk: np.ndarray) -> None:
+        while len(chunk):
+            if self._file is None or self._count >= self.shard_tokens:
+                self._open_next()
+            take = chunk[: self.shard_tokens - self._count]
+            self._file.write(take.astype(self.dtype, copy=False).tobytes())
+            self._count += len(take)
+            self.shards[-1]["tokens"] = self._count
+            chunk = chunk[len(take):]
+
+    def _open_next(self) -> None:
+        self.close()
+        name = f"{self.prefix}_{len(self.shards):06d}.bin"
+        self._file = open(self.out_dir / (name + ".part"), "wb")
+        self.shards.append({"file": name, "tokens": 0})
+        self._count = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            name = self.shards[-1]["file"]
+            os.replace(self.out_dir / (name + ".part"), self.out_dir / name)
+            self._file = None
+
+    @property
+    def total(self) -> int:
+        return sum(s["tokens"] for s in self.shards)
+
+
+def write_manifest(out_dir: Path, tokenizer: Tokenizer, dtype, train: list[dict], val: list[dict], meta: dict) -> Path:
+    manifest = {
+        "format": FORMAT, "version": VERSION, "dtype": np.dtype(dtype).name,
+        "tokenizer": tokenizer.state(), "eot": tokenizer.eot,
+        "train": train, "val": val, **meta,
+    }
+    tmp = out_dir / (MANIFEST + ".part")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out_dir / MANIFEST)  # the manifest last: a directory without one is incomplete
+    return out_dir / MANIFEST
+
+
+class TokenShards:
+    """A prepared directory: its tokenizer and memory-mapped train / val shards."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.dir = Path(directory)
+        path = self.dir / MANIFEST
+        if not path.is_file():
+            raise DataError(f"{self.dir} has no {MANIFEST}: prepare it with `python -m microgpt.prepare out={self.dir}` "
+                            f"(an interrupted prepare leaves no manifest)")
+        try:
+            self.manifest = json.loads(path.read_text())
+            if self.manifest.get("format") != FORMAT:
+                raise ValueError("not a token-shard manifest")
+            self.dtype = np.dtype(self.manifest["dtype"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path} is corrupt ({e}); prepare the shards again") from None
+        self.tokenizer = tokenizer_from_state(self.manifest["tokenizer"])
+
+    def arrays(self, split: str) -> list[np.ndarray]:
+        out = []
+        for shard in self.manifest.get(split, []):
+            file = self.dir / shard["file"]
+            expected = shard["tokens"] * self.dtype.itemsize
+            if not file.is_file() or file.stat().st_size != expected:
+                raise DataError(f"shard {file} is missing or has the wrong size (want {expected} bytes); prepare again")
+            out.append(np.memmap(file, dtype=self.dtype, mode="r"))
+        return out
+
+
+def write_split(out_dir: Path, prefix: str, chunks: Iterable[np.ndarray], dtype, shard_tokens: int, progress=None) -> list[dict]:
+    writer = ShardWriter(out_dir, prefix, dtype, shard_tokens)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            if progress is not None:
+                progress.update(len(chunk))
+    finally:
+        writer.close()
+    return writer.shards

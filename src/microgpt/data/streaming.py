@@ -1,0 +1,89 @@
+"""Windows packed on the fly from a document stream, for corpora too large to tokenize up front."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from microgpt.data.packing import tokenized_chunks
+from microgpt.data.sources import documents_from
+from microgpt.tokenizer import Tokenizer
+
+
+def documents_after(sources: list[dict], skip: int) -> Iterator[str]:
+    """The training stream: every source in order, after the first `skip` documents (validation)."""
+    docs = itertools.chain.from_iterable(documents_from(s) for s in sources)
+    return itertools.islice(docs, skip, None)
+
+
+def pack(chunks: Iterator[np.ndarray], block_size: int) -> Iterator[np.ndarray]:
+    """Cut a token stream into `block_size + 1` windows, each starting where the last one's inputs ended."""
+    buffer = np.zeros(0, dtype=np.int64)
+    for chunk in chunks:
+        buffer = np.concatenate([buffer, chunk.astype(np.int64)])
+        while len(buffer) > block_size:
+            yield buffer[: block_size + 1]
+            buffer = buffer[block_size:]
+
+
+class StreamingWindows(IterableDataset):
+    """Documents are dealt round-robin to (rank, worker) slots; each slot tokenizes (inside its
+    DataLoader worker) and packs only its own documents, so slots read disjoint parts that together
+    cover the stream once per epoch. The stream repeats (`epochs=None`), so ranks never run dry at
+    different times; training is bounded by max_steps.
+
+    Resuming: a DataLoader takes its j-th batch from worker j % num_workers. After `start_batches`
+    batches, the resumed loader's worker w must therefore produce what the original run's worker
+    (start_batches + w) % num_workers would have produced next: it takes that worker's documents
+    and skips the batches that worker already made.
+    """
+
+    def __init__(
+        self,
+        sources: list[dict],
+        tokenizer: Tokenizer,
+        block_size: int,
+        batch_size: int,
+        skip_documents: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batches: int = 0,
+        epochs: int | None = None,
+    ) -> None:
+        self.sources = sources
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.skip_documents = skip_documents
+        self.rank = rank
+        self.world_size = world_size
+        self.start_batches = start_batches
+        self.epochs = epochs
+
+    def slot(self) -> tuple[int, int, int]:
+        """(this slot, number of slots, this worker's batches already consumed)."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        original_worker, done = (self.start_batches + worker) % workers, (self.start_batches + worker) // workers
+        return self.rank * workers + original_worker, self.world_size * workers, done
+
+    def slot_documents(self, slot: int, slots: int) -> Iterator[str]:
+        epochs = itertools.count() if self.epochs is None else range(self.epochs)
+        for _ in epochs:
+            produced = False
+            for i, doc in enumerate(documents_after(self.sources, self.skip_documents)):
+                if i % slots == slot:
+                    produced = True
+                    yield doc
+            if not produced:
+                return  # fewer documents than slots: this slot has none, rather than spin forever
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        slot, slots, batches_done = self.slot()
+        windows = pack(tokenized_chunks(self.slot_documents(slot, slots), self.tokenizer, batch=64), self.block_size)
+        for window in itertools.islice(windows, batches_done * self.batch_size, None):
+            yield torch.from_numpy(window)
