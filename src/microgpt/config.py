@@ -28,9 +28,11 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
     """Compose the config once before Hydra runs, so a bad override is one clear error line.
 
     Hydra's own report of these mistakes spans many lines; this raises ConfigError instead.
-    Multiruns and Hydra's informational flags are left to Hydra.
+    Multirun sweeps get the group-name check only; Hydra's informational flags are left to Hydra.
     """
-    if any(a.startswith("-") for a in argv):
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in overrides):
         return
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -38,15 +40,18 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
 
     from microgpt.errors import ConfigError
 
-    for arg in argv:
+    for arg in overrides:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+~")
         options = available_options(group)
-        if sep and options and value not in options and value != "null" and "/" not in value:
-            raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(options)} ({group}=<name>)")
+        for choice in value.split(",") if multirun else [value]:
+            if sep and options and choice not in options and choice != "null" and "/" not in choice:
+                raise ConfigError(f"unknown {group} {choice!r}; choose one of: {', '.join(options)} ({group}=<name>)")
+    if multirun:
+        return
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            compose(config_name=config_name, overrides=argv, return_hydra_config=True)
+            compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split())
         raise ConfigError(f"{message} (see --help for the config groups)") from None

@@ -28,6 +28,12 @@ class CheckpointError(MicroGPTError):
     """A checkpoint that does not exist, is corrupt, or does not match the requested model."""
 
 
+class Interrupted(MicroGPTError):
+    """The run was stopped by a signal after saving a checkpoint (exit status 143)."""
+
+    exit_code = 143
+
+
 def debug_enabled() -> bool:
     return os.environ.get("MICROGPT_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -53,7 +59,8 @@ def report_user_errors(fn: F) -> F:
             if debug_enabled():
                 raise
             message = " ".join(str(e).split())  # one line, whatever the message held
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            label = "stopped" if isinstance(e, Interrupted) else "error"
+            print(f"{label}: {message}", file=sys.stderr, flush=True)
+            sys.exit(getattr(e, "exit_code", EXIT_USER_ERROR))
 
     return wrapper  # type: ignore[return-value]

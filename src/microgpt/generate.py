@@ -1,4 +1,5 @@
-"""`python -m microgpt.generate ckpt=... prompt="..."`: stream a continuation to stdout."""
+"""`python -m microgpt.generate ckpt=... prompt="..."`: stream a continuation to stdout
+(`prompts=[...]`: several prompts sampled as one batch). ckpt may also be `gpt2` ... `gpt2-xl`."""
 
 import sys
 
@@ -17,6 +18,15 @@ def main(cfg: DictConfig) -> None:
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise ConfigError("max_new_tokens must be >= 0 and num_samples >= 1")
     lm = load_model(cfg.ckpt, device=cfg.device)
+    if cfg.get("prompts"):  # one batch, printed when done
+        prompts = [str(p) for p in cfg.prompts]
+        for i in range(cfg.num_samples):
+            texts = lm.generate_texts(
+                prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                top_p=cfg.top_p, seed=cfg.seed + i, stop_at_eot=cfg.stop_at_eot,
+            )
+            sys.stdout.write("\n---\n".join(texts) + ("\n---\n" if i + 1 < cfg.num_samples else "\n"))
+        return
     for i in range(cfg.num_samples):
         if i:
             sys.stdout.write("\n---\n")

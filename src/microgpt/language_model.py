@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from microgpt.checkpoint import model_from_checkpoint, read_checkpoint
 from microgpt.model import GPT
 from microgpt.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from microgpt.pretrained import PretrainedModelConfig
 
 
 class LanguageModel:
@@ -25,12 +28,22 @@ class LanguageModel:
         self.model.to(device)
         return self
 
+    def __await__(self):
+        """`await load_model(...)` in async code: the model is ready, so awaiting gives it back."""
+        yield from ()
+        return self
+
     def count_params(self, non_embedding: bool = False) -> int:
         return self.model.count_params(non_embedding)
 
     def _prompt_ids(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer.encode(text) or [self.tokenizer.eot]
-        return torch.tensor([ids], dtype=torch.long, device=self.device)
+        return torch.tensor([self._encode(text)], dtype=torch.long, device=self.device)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text) or [self.tokenizer.eot]
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        return torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
 
     def stream_text(
         self,
@@ -43,7 +56,7 @@ class LanguageModel:
         stop_at_eot: bool = True,
     ) -> Iterator[str]:
         """The continuation of `text`, piece by piece as tokens are sampled."""
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        generator = self._generator(seed)
         idx = self._prompt_ids(text)
         emitted, new_ids = "", []
         for token in self.model.generate_stream(
@@ -66,10 +79,54 @@ class LanguageModel:
         """`text` followed by its sampled continuation."""
         return text + "".join(self.stream_text(text, max_new_tokens, **kwargs))
 
+    def generate_texts(
+        self,
+        texts: list[str],
+        max_new_tokens: int = 50,
+        temperature: float = 0.8,
+        top_k: int | None = 200,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop_at_eot: bool = True,
+    ) -> list[str]:
+        """Each text followed by its continuation, all sampled as one batch (prompts of different
+        lengths are left-padded; each row decodes as it would alone)."""
+        prompts = [self._encode(t) for t in texts]
+        width = max(len(p) for p in prompts)
+        eot = self.tokenizer.eot
+        idx = torch.tensor([[eot] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=self.device)
+        pad = torch.tensor([width - len(p) for p in prompts], device=self.device)
+        out = self.model.generate(
+            idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            eot=eot if stop_at_eot else None, generator=self._generator(seed), pad=pad,
+        )
+        results = []
+        for text, row in zip(texts, out[:, width:].tolist()):
+            if stop_at_eot and eot in row:
+                row = row[: row.index(eot)]
+            results.append(text + self.tokenizer.decode(row))
+        return results
 
-def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LanguageModel:
-    """A microgpt checkpoint (.ckpt) with its tokenizer, ready to generate."""
-    if path is None:
-        raise TypeError("load_model needs the path of a checkpoint")
+
+def load_model(
+    path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    config: "PretrainedModelConfig | None" = None,
+) -> LanguageModel:
+    """A model with its tokenizer, ready to generate: a microgpt checkpoint (.ckpt), a pretrained
+    GPT-2 name (`gpt2` ... `gpt2-xl`), a model directory, or `config=PretrainedModelConfig(...)`.
+
+    Synchronous; the result is also awaitable, so `await load_model(config=...)` works in async code
+    (the loading itself blocks: use `await asyncio.to_thread(load_model, ...)` to keep a loop free).
+    """
+    from microgpt.pretrained import PretrainedModelConfig, is_pretrained_source, load_pretrained
+
+    if (path is None) == (config is None):
+        raise TypeError("load_model needs either the path of a checkpoint / pretrained name, or config=PretrainedModelConfig(...)")
+    if config is None and is_pretrained_source(path):
+        config = PretrainedModelConfig(name=str(path), device=str(device))
+    if config is not None:
+        return LanguageModel(*load_pretrained(config))
     model, tokenizer = model_from_checkpoint(read_checkpoint(path), source=str(path))
     return LanguageModel(model, tokenizer).to(device)

@@ -81,11 +81,15 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
-        """Rotate x of shape (B, H, T, D) as if its first position were `offset`."""
+    def forward(self, x: torch.Tensor, offset: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate x of shape (B, H, T, D) as if its first position were `offset`, or by per-row
+        `positions` of shape (B, T) (left-padded batches)."""
         T = x.size(-2)
-        cos = self.cos[offset : offset + T]
-        sin = self.sin[offset : offset + T]
+        if positions is None:
+            cos = self.cos[offset : offset + T]
+            sin = self.sin[offset : offset + T]
+        else:
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         xf = x.float()
         x1, x2 = xf.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
@@ -119,16 +123,25 @@ class CausalSelfAttention(nn.Module):
         # A shared module, kept out of the submodule tree so it is not registered once per layer.
         self._rope = [rope] if rope is not None else []
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, offset: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        offset: int = 0,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self._rope:
-            q, k = self._rope[0](q, offset), self._rope[0](k, offset)
+            q, k = self._rope[0](q, offset, positions), self._rope[0](k, offset, positions)
         if cache is not None:
             k, v = cache.update(k, v, offset)
         mask, is_causal = None, T > 1
-        if T > 1 and k.size(2) != T:  # a chunk appended to a non-empty cache
+        if attn_mask is not None:  # left-padded batch: GPT.forward built the whole mask
+            mask, is_causal = attn_mask, False
+        elif T > 1 and k.size(2) != T:  # a chunk appended to a non-empty cache
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
             is_causal = False
         y = F.scaled_dot_product_attention(
@@ -160,8 +173,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, offset: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, offset)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, offset: int = 0, **padding) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, offset, **padding)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -212,23 +225,26 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         caches: list[KVCache] | None = None,
         offset: int = 0,
+        pad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits over the padded vocabulary for (B, T) ids; loss too when targets are given.
 
         `caches` (one KVCache per layer) and `offset` (position of idx[:, 0]) serve incremental
-        decoding; training passes neither.
+        decoding; training passes neither. `pad` (B,) says how many leading tokens of each row's
+        sequence are left padding (prompts of different lengths in one batch).
         """
         T = idx.size(1)
         if offset + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {offset + T} tokens exceeds the context window ({self.config.block_size})"
             )
+        padding = left_padding(pad, offset, T) if pad is not None else {}
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(torch.arange(offset, offset + T, device=idx.device))
+            x = x + self.transformer.wpe(padding.get("positions", torch.arange(offset, offset + T, device=idx.device)))
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, caches[i] if caches is not None else None, offset)
+            x = block(x, caches[i] if caches is not None else None, offset, **padding)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -251,12 +267,15 @@ class GPT(nn.Module):
         eot: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        pad: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield the next token ids, shape (B,), one step at a time.
 
         Past the context window the prompt is cropped from the left and the window recomputed,
         so cached and uncached decoding give the same tokens. Stops early once every row has
-        produced `eot` (rows that finished keep emitting `eot`).
+        produced `eot` (rows that finished keep emitting `eot`). Prompts of different lengths
+        are left-padded to one width with `pad` (B,) counting each row's padding tokens: every
+        row then decodes as it would alone.
         """
         check_sampling(temperature, top_k, top_p)
         block = self.config.block_size
@@ -266,14 +285,18 @@ class GPT(nn.Module):
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             window = tokens[:, -block:]
+            window_pad = None
+            if pad is not None:  # cropping from the left removes padding first
+                window_pad = (pad - (tokens.size(1) - window.size(1))).clamp(min=0)
+                window_pad = window_pad if bool(window_pad.any()) else None
             if caches is not None and tokens.size(1) <= block:
-                logits, _ = self(window[:, cached_len:], caches=caches, offset=cached_len)
+                logits, _ = self(window[:, cached_len:], caches=caches, offset=cached_len, pad=window_pad)
                 cached_len = window.size(1)
             else:
                 if caches is not None:  # cropping shifts every position: the cache no longer applies
                     caches = self.new_caches(idx.size(0))
                     cached_len = 0
-                logits, _ = self(window)
+                logits, _ = self(window, pad=window_pad)
             logits = logits[:, -1, : self.vocab_limit]
             next_token = sample_next(logits, temperature, top_k, top_p, generator)
             if eot is not None:
@@ -297,12 +320,33 @@ class GPT(nn.Module):
         return torch.cat([idx, torch.stack(new, dim=1)], dim=1)
 
 
+def left_padding(pad: torch.Tensor, offset: int, T: int) -> dict[str, torch.Tensor]:
+    """Per-row positions (B, T) and the attention mask (B, 1, T, offset + T) for a chunk of T
+    tokens at `offset` when row b's first pad[b] tokens are padding.
+
+    Real tokens never see padding and count positions from their row's first real token, so a
+    row's logits are the ones it gets alone. A padding token attends to itself only: its output
+    is unused, but must stay finite (a fully masked row would be NaN, and NaN * 0 is NaN).
+    """
+    queries = torch.arange(offset, offset + T, device=pad.device)
+    keys = torch.arange(offset + T, device=pad.device)
+    positions = (queries[None, :] - pad[:, None]).clamp(min=0)
+    causal = keys[None, :] <= queries[:, None]  # (T, S)
+    real_key = keys[None, :] >= pad[:, None]  # (B, S)
+    itself = keys[None, :] == queries[:, None]  # (T, S)
+    mask = causal[None] & (real_key[:, None, :] | itself[None])
+    return {"positions": positions, "attn_mask": mask[:, None]}
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be >= 1 or null, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not number(temperature) or temperature < 0:
+        raise ConfigError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ConfigError(f"top_k must be >= 1 or null, got {top_k!r}")
+    if top_p is not None and (not number(top_p) or not 0.0 < top_p <= 1.0):
         raise ConfigError(f"top_p must be in (0, 1] or null, got {top_p}")
 
 
@@ -332,7 +376,17 @@ def sample_next(
 
 
 def load_model(path=None, **kwargs):
-    """Load a trained checkpoint (with its tokenizer) for generation: see `microgpt.language_model`."""
+    """Load a checkpoint or pretrained GPT-2 (with its tokenizer) for generation: see `microgpt.language_model`."""
     from microgpt.language_model import load_model as _load
 
     return _load(path, **kwargs)
+
+
+def __getattr__(name: str):
+    # `from microgpt.model import PretrainedModelConfig` without importing the loader (and its
+    # dependencies) into the pure model module.
+    if name == "PretrainedModelConfig":
+        from microgpt.pretrained import PretrainedModelConfig
+
+        return PretrainedModelConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -141,6 +141,10 @@ class CharTokenizer(Tokenizer):
 
 TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {"tiktoken": TiktokenTokenizer, "char": CharTokenizer}
 
+# bpe.py builds on Tokenizer and adds "bpe" to TOKENIZER_KINDS; imported here (not at the top) so the
+# import works whichever of the two modules is imported first.
+import microgpt.bpe  # noqa: E402,F401
+
 
 def tokenizer_from_state(state: dict) -> Tokenizer:
     kind = state.get("kind")
@@ -152,7 +156,7 @@ def tokenizer_from_state(state: dict) -> Tokenizer:
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"tokenizer file {path} does not exist; pass the file written by Tokenizer.save")
+        raise DataError(f"tokenizer file {path} does not exist; pass a file written by Tokenizer.save or python -m microgpt.train_tokenizer")
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         if payload.get("format") != FILE_FORMAT:
@@ -173,7 +177,10 @@ def build_tokenizer(cfg: dict, training_texts: Iterable[str] | None = None) -> T
         if training_texts is None:
             raise ConfigError("tokenizer=char needs training text to learn its characters, or tokenizer.path")
         return CharTokenizer.from_texts(training_texts)
-    raise ConfigError(f"unknown tokenizer kind {kind!r}; use tokenizer=gpt2 or tokenizer=char")
+    if kind == "bpe":
+        raise ConfigError("tokenizer=bpe needs tokenizer.path=<file>; train one with "
+                          "python -m microgpt.train_tokenizer data=... tokenizer.out=<file>")
+    raise ConfigError(f"unknown tokenizer kind {kind!r}; use tokenizer=gpt2, tokenizer=char or tokenizer=bpe")
 
 
 @lru_cache(maxsize=None)

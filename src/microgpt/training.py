@@ -8,15 +8,22 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from microgpt.callbacks.interrupt import CheckpointOnInterrupt
 from microgpt.checkpoint import read_checkpoint
+from microgpt.checkpoint_io import AtomicCheckpointIO
 from microgpt.config import to_plain
 from microgpt.data import TextDataModule
-from microgpt.errors import CheckpointError, ConfigError, require_positive_int
+from microgpt.distributed import teardown_distributed
+from microgpt.errors import CheckpointError, ConfigError, Interrupted, require_positive_int
 from microgpt.loggers import finish_wandb_runs, log_run_config
 from microgpt.model import GPTConfig
 from microgpt.module import GPTModule
+from microgpt.plan import RunPlan, check_devices_available, make_plan
 from microgpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -75,23 +82,51 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in group.values() if c is not None]
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    accumulate = require_positive_int("trainer.accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1))
+def build_strategy(strategy):
+    """Strategy configs name classes as strings (FSDP wrap policies); turn them into classes."""
+    if not hasattr(strategy, "get") or "_target_" not in strategy:
+        return strategy
+    kwargs = {}
+    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
+        if strategy.get(key):
+            kwargs[key] = {hydra.utils.get_class(name) for name in strategy[key]}
+    return hydra.utils.instantiate(strategy, **kwargs)
+
+
+def build_trainer(cfg: DictConfig, plan: RunPlan) -> L.Trainer:
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    callbacks.append(CheckpointOnInterrupt(dirpath=str(Path(cfg.paths.output_dir) / "checkpoints")))
+    plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
     return hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=instantiate_all(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=instantiate_all(cfg.get("logger")) or False,
+        strategy=build_strategy(cfg.trainer.get("strategy", "auto")),
+        plugins=[AtomicCheckpointIO(), *plugins],
+        accumulate_grad_batches=plan.accumulate,
         # Lightning counts micro-batches here; the config speaks in optimizer steps.
-        val_check_interval=cfg.eval_every * accumulate,
+        val_check_interval=cfg.eval_every * plan.accumulate,
     )
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
-    """`last` means this run directory's last.ckpt; anything else is a path that must exist."""
+    """`last`: this run directory's last.ckpt; `auto`: its newest readable checkpoint, if any
+    (a corrupt newest one is reported and skipped); anything else is a path that must exist."""
     if not ckpt_path:
         return None
+    checkpoints = Path(output_dir) / "checkpoints"
+    if ckpt_path == "auto":
+        for path in sorted(checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+            try:
+                read_checkpoint(path)
+                log.info("resuming from %s", path)
+                return str(path)
+            except CheckpointError as e:
+                log.warning("skipping %s", e)
+        log.info("no checkpoint to resume in %s: starting fresh", checkpoints)
+        return None
     if ckpt_path == "last":
-        path = Path(output_dir) / "checkpoints" / "last.ckpt"
+        path = checkpoints / "last.ckpt"
         if not path.is_file():
             raise CheckpointError(
                 f"no checkpoint at {path}; to resume a run pass its directory "
@@ -121,8 +156,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     tokenizer = datamodule.load()
     module = build_module(cfg, tokenizer)
-    trainer = build_trainer(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    plan = make_plan(cfg, module.model.config)
+    if cfg.get("dry_run"):
+        print(plan.table())
+        return {}
+    check_devices_available(cfg.trainer, plan)
+    if cfg.get("tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    trainer = build_trainer(cfg, plan)
+    ckpt_path = resolve_ckpt_path(cfg.get("resume") or cfg.get("ckpt_path"), cfg.paths.output_dir)
     if cfg.get("init_from") and ckpt_path is None:  # a resumed run restores its own weights instead
         from microgpt.pretrained import initial_weights
 
@@ -136,8 +178,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.global_step % cfg.eval_every:  # the last step was not an evaluation step
             trainer.validate(module, datamodule=datamodule, verbose=False)
         failed = False
+    except SIGTERMException:
+        raise Interrupted(f"stopped by SIGTERM at step {trainer.global_step}; checkpoint saved in "
+                          f"{Path(cfg.paths.output_dir) / 'checkpoints'}; continue with "
+                          f"hydra.run.dir={cfg.paths.output_dir} resume=auto") from None
     finally:
         finish_wandb_runs(trainer.loggers, failed)  # a multirun's next job must start its own W&B run
+        teardown_distributed(launched_ranks=trainer.world_size > 1 and trainer.global_rank == 0)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     log.info("finished at step %d: %s; checkpoints in %s", trainer.global_step,
              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), Path(cfg.paths.output_dir) / "checkpoints")

@@ -1,0 +1,92 @@
+"""Evaluate one model on a list of tasks and write the results table: what `python -m microgpt.eval` runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from microgpt.config import to_plain
+from microgpt.data import TextDataModule
+from microgpt.errors import ConfigError
+from microgpt.evals.hellaswag import evaluate_hellaswag
+from microgpt.evals.perplexity import held_out_loss
+from microgpt.language_model import LanguageModel, load_model
+
+log = logging.getLogger(__name__)
+
+TASKS = ("val_loss", "hellaswag")
+
+
+def load_for_eval(model: str, device: str = "cpu") -> LanguageModel:
+    """The GPT and tokenizer to evaluate, from a checkpoint path. Every task goes through here, so
+    other kinds of models (pretrained GPT-2 names) plug in at this one place."""
+    return load_model(model, device=device)
+
+
+def check_tasks(tasks) -> list[str]:
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"unknown or missing eval tasks {unknown or tasks}; choose from {list(TASKS)} "
+                          f"(tasks=[val_loss,hellaswag])")
+    return tasks
+
+
+def val_loss_task(lm: LanguageModel, data: DictConfig, seed: int, max_batches: int | None) -> dict:
+    """Held-out loss on `data=`'s validation split, tokenized with the model's own tokenizer."""
+    window = lm.model.config.block_size
+    block_size = data.get("block_size") or window
+    if block_size > window:
+        raise ConfigError(f"data.block_size={block_size} is above the model's context ({window}); lower it or leave it null")
+    datamodule = TextDataModule(
+        sources=to_plain(data.sources), val_sources=to_plain(data.get("val_sources")),
+        tokenizer=lm.tokenizer, block_size=block_size, batch_size=data.batch_size,
+        val_fraction=data.get("val_fraction", 0.1), seed=seed,
+    )
+    datamodule.load()
+    return held_out_loss(lm.model, datamodule.val_dataloader(), max_batches).metrics()
+
+
+def hellaswag_task(lm: LanguageModel, options: DictConfig) -> dict:
+    result = evaluate_hellaswag(lm.model, lm.tokenizer, source=options.source, limit=options.limit,
+                                batch_size=options.batch_size, cache_dir=options.cache_dir)
+    return result.metrics()
+
+
+def run_tasks(cfg: DictConfig) -> dict[str, dict]:
+    tasks = check_tasks(to_plain(cfg.tasks))
+    lm = load_for_eval(cfg.ckpt, cfg.device)
+    results: dict[str, dict] = {}
+    for task in tasks:
+        if task == "val_loss":
+            results[task] = val_loss_task(lm, cfg.data, cfg.seed, cfg.val_batches)
+        else:
+            results[task] = hellaswag_task(lm, cfg.hellaswag)
+        log.info("%s: %s", task, results[task])
+    return results
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def results_markdown(model: str, results: dict[str, dict]) -> str:
+    lines = [f"model: `{model}`", "", "| task | metric | value |", "|---|---|---:|"]
+    for task, metrics in results.items():
+        lines += [f"| {task} | {name} | {format_value(v)} |" for name, v in metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | Path, model: str, results: dict[str, dict]) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "results.json", out / "results.md"
+    json_path.write_text(json.dumps({"model": model, "results": results}, indent=2) + "\n")
+    md_path.write_text(results_markdown(model, results))
+    return json_path, md_path

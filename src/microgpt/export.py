@@ -1,0 +1,19 @@
+"""`python -m microgpt.export ckpt=... out=<dir>`: a trained model in the Hugging Face format."""
+
+from omegaconf import DictConfig
+
+from microgpt.cli import hydra_command
+
+
+@hydra_command("export")
+def main(cfg: DictConfig) -> None:
+    from microgpt.language_model import load_model
+    from microgpt.pretrained import export
+
+    lm = load_model(cfg.ckpt)
+    for path in export(lm.model, lm.tokenizer, cfg.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
