@@ -71,9 +71,11 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict 
 
 def compose_train(*overrides: str, output_dir: Path | None = None):
     """The real train config, composed as `python -m microgpt.train` would, for in-process runs."""
+    from microgpt.config import quote_numeric_choices
+
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, *extra])
+        return compose(config_name="train", overrides=quote_numeric_choices([*overrides, *extra]))
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *words: str) -> str:

@@ -65,11 +65,11 @@ def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, small_corpu
     # ... and the step did change the weights: rebuild the initial model exactly as train() does.
     import lightning as L
 
-    from microgpt.training import build_datamodule, build_module
+    from microgpt.training import build_datamodule, build_module, training_tokenizer
 
     cfg = compose_train(*common, output_dir=tmp_path / "init")
     L.seed_everything(cfg.seed)
-    initial = build_module(cfg, build_datamodule(cfg).load()).state_dict()
+    initial = build_module(cfg, build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed).load()).state_dict()
     stepped = weights(tmp_path / "one/checkpoints/last.ckpt")
     assert not torch.allclose(initial["model.transformer.wte.weight"], stepped["model.transformer.wte.weight"])
     # Rank 1 wrote its own log and nothing else.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import sys
 from datetime import datetime
@@ -107,8 +108,6 @@ def test_wandb_offline_run_records_what_the_csv_logger_recorded(observed_run):
 
     # The samples table: one row per sample written to samples.txt, the latest table holding all.
     tables = sorted(files[0].parent.glob("files/media/table/samples_*.table.json"), key=lambda p: p.stat().st_mtime)
-    import json
-
     table = json.loads(tables[-1].read_text())
     assert table["columns"] == ["step", "prompt", "text"]
     assert [row[0] for row in table["data"]] == [6, 12]
@@ -149,11 +148,10 @@ def test_throughput_and_mfu_match_a_hand_count(observed_run):
     stamps = {int(m.group(2)): datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
               for m in re.finditer(r"^\[([\d\- :,]+)\]\S* - step (\d+)/12 ", (run_dir / "train.log").read_text(), re.M)}
     assert sorted(stamps) == [3, 6, 9, 12]
-    cpu_peak = measure_matmul_flops("cpu", torch.float32)
     for step, rate in rates.items():
         wall = stamps[step + 1] - stamps[step - 2]
         assert rate >= 0.98 * 3 * 4 * 32 / (wall + 0.002), (step, rate, wall)
-        assert flops * rate < cpu_peak  # a tiny model does not beat a large matmul on the same CPU
+        assert flops * rate < 1e12  # 32-wide matmuls run nowhere near 1 TFLOP/s on a CPU
         assert csv_series(rows, "train/samples_per_sec")[step] == pytest.approx(rate / 32, rel=1e-5)
         assert csv_series(rows, "train/mfu")[step] == pytest.approx(flops * rate / PEAK, rel=1e-5)
 
@@ -182,7 +180,8 @@ def test_peak_flops_table_and_settings():
     cpu = torch.device("cpu")
     assert resolve_peak_flops("2.5e12", cpu, "32-true") == (2.5e12, "given")
     assert resolve_peak_flops(None, cpu, "32-true")[0] is None
-    measured, source = resolve_peak_flops("auto", cpu, "32-true")
+    assert resolve_peak_flops("auto", cpu, "32-true") == (None, "no datasheet peak for cpu")
+    measured, source = resolve_peak_flops("measure", cpu, "32-true")
     assert 1e8 < measured < 1e13 and "measured" in source
     assert measured == measure_matmul_flops("cpu", torch.float32)  # measured once per process
     with pytest.raises(ConfigError, match="peak_flops"):
@@ -249,15 +248,21 @@ def test_plot_a_sweep_with_a_soup_report_and_resume_continues_the_wandb_run(tmp_
     assert sorted(wandb_series(wandb_offline.history(files[1]), "val/loss")) == [8]
     assert sorted(csv_series(metrics_rows(sweep / "0"), "val/loss")) == [2, 5, 8]
 
-    (sweep / "soup_report.json").write_text(
-        '{"ingredients": [{"name": "0", "val_loss": 4.10, "hellaswag": 0.25},'
-        ' {"name": "1", "val_loss": 4.12, "hellaswag": 0.27}],'
-        ' "soups": {"uniform": {"val_loss": 4.05, "hellaswag": 0.28}}}')
+    report = {  # the layout microgpt.soup writes
+        "status": "ok", "method": "uniform", "checkpoint": str(sweep / "soup.ckpt"),
+        "ingredients": [{"name": "0", "path": "0/checkpoints/last.ckpt", "val_loss": 4.10, "hellaswag_acc_norm": 0.25},
+                        {"name": "1", "path": "1/checkpoints/last.ckpt", "val_loss": 4.12, "hellaswag_acc_norm": 0.27}],
+        "soups": {"uniform": {"members": ["0", "1"], "val_loss": 4.05, "hellaswag_acc_norm": 0.28}},
+        "mean_ingredient_val_loss": 4.11, "best_ingredient_val_loss": 4.10, "soup_val_loss": 4.05,
+        "soup_beats_mean": True, "soup_beats_best": True, "failed_jobs": [],
+    }
+    (sweep / "soup_report.json").write_text(json.dumps(report))
     plotted = run_cli("plot", str(sweep), cwd=tmp_path)
     assert plotted.returncode == 0, plotted.stderr[-3000:]
     assert plotted.stdout.split() == [str(sweep / "plots" / "loss_and_eval.png"), str(sweep / "plots" / "soup.png")]
     assert_readable_png(sweep / "plots" / "loss_and_eval.png")
     assert_readable_png(sweep / "plots" / "soup.png", min_bytes=10_000)
+    assert matplotlib.image.imread(sweep / "plots" / "soup.png").shape[1] == 2 * 6 * 120  # val_loss, hellaswag
 
 
 def test_plot_reports_a_directory_without_metrics(tmp_path):

@@ -229,10 +229,10 @@ def val_losses(run_dir: Path) -> list[float]:
 
 def hf_val_loss(hf, overrides: list[str]) -> float:
     """The transformers model's loss on exactly the validation batches training evaluates."""
-    from microgpt.training import build_datamodule
+    from microgpt.training import build_datamodule, training_tokenizer
 
     cfg = compose_train(*overrides)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed)
     datamodule.load()
     total, count = 0.0, 0
     with torch.no_grad():

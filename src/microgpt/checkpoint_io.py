@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,9 +29,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except OSError as e:
-            raise CheckpointError(f"could not write checkpoint {target} ({e.strerror or e}); the previous "
-                                  f"checkpoint is intact; free disk space or fix permissions") from None
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            raise CheckpointError(f"could not write checkpoint {target} ({write_failure(e, target.parent)}); "
+                                  f"the previous checkpoint is intact; free disk space or fix permissions") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def write_failure(error: Exception, folder: Path) -> str:
+    """Why a write failed, in words: torch's zip writer hides ENOSPC behind `unexpected pos ...`."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return str(error).strip().splitlines()[0]
+    return f"the write failed with {free:,} bytes free on that disk; is it full?"

@@ -44,7 +44,8 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+~")
         options = available_options(group)
-        for choice in value.split(",") if multirun else [value]:
+        for choice in (value.split(",") if multirun else [value]):
+            choice = choice.strip("'\"")
             if sep and options and choice not in options and choice != "null" and "/" not in choice:
                 raise ConfigError(f"unknown {group} {choice!r}; choose one of: {', '.join(options)} ({group}=<name>)")
     if multirun:
@@ -55,6 +56,19 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split())
         raise ConfigError(f"{message} (see --help for the config groups)") from None
+
+
+def quote_numeric_choices(argv: list[str]) -> list[str]:
+    """`stage=2` -> `stage='2'`: Hydra reads a bare 2 as an int, which cannot name a config file."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and available_options(key.lstrip("+~")):
+            choices = value.split(",")
+            if any(c.isdigit() for c in choices):
+                arg = f"{key}=" + ",".join(f"'{c}'" if c.isdigit() else c for c in choices)
+        out.append(arg)
+    return out
 
 
 def available_options(group: str) -> list[str]:

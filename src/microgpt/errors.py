@@ -28,10 +28,19 @@ class CheckpointError(MicroGPTError):
     """A checkpoint that does not exist, is corrupt, or does not match the requested model."""
 
 
+class TrainingDiverged(MicroGPTError):
+    """The loss or gradients became NaN/inf; the run stopped before the bad update."""
+
+
 class Interrupted(MicroGPTError):
-    """The run was stopped by a signal after saving a checkpoint (exit status 143)."""
+    """The run was stopped by a signal after saving a checkpoint (exit status 128 + the signal:
+    143 for SIGTERM, 130 for Ctrl-C)."""
 
     exit_code = 143
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def debug_enabled() -> bool:

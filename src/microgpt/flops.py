@@ -92,8 +92,9 @@ def measure_matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32
 def resolve_peak_flops(setting, device: torch.device, precision: str | None) -> tuple[float | None, str]:
     """The per-device peak FLOP/s MFU divides by, and where it came from.
 
-    `setting`: a number (FLOP/s, e.g. 989e12), `auto` (the datasheet table on GPUs, a measured matmul
-    elsewhere), `measure` (always measure), or null (no MFU).
+    `setting`: a number (FLOP/s, e.g. 989e12), `auto` (the datasheet table for known GPUs, else no
+    MFU), `measure` (time a matmul here), or null (no MFU). `auto` does not measure a CPU: on a busy
+    machine a short measurement came out 10x low (MFU above 1), so that is left to the user.
     """
     if setting is None:
         return None, "off"
@@ -109,10 +110,11 @@ def resolve_peak_flops(setting, device: torch.device, precision: str | None) -> 
             ) from None
     if not isinstance(setting, str):
         return float(setting), "given"
-    if setting == "auto" and device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = gpu_peak_flops(name, precision)
-        if peak is not None:
-            return peak, f"{name}, {precision_family(precision)} datasheet"
+    if setting == "auto":
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        peak = gpu_peak_flops(name, precision) if device.type == "cuda" else None
+        if peak is None:
+            return None, f"no datasheet peak for {name}"
+        return peak, f"{name}, {precision_family(precision)} datasheet"
     dtype = torch.bfloat16 if precision_family(precision) == "bf16" else torch.float32
     return measure_matmul_flops(device.type, dtype), f"measured {dtype} matmul on {device.type}"

@@ -230,6 +230,7 @@ def plot_soup_report(report_path: Path, out: Path) -> Path | None:
         metric = path[-1]
         if any(word in metric.lower() for word in ("loss", "acc", "hellaswag", "ppl")):
             panels.setdefault(metric, []).append(("/".join(path[:-1]) or metric, value))
+    panels = {k: bars for k, bars in panels.items() if len(bars) > 1}  # summaries (best_*, mean_*) repeat bars
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)

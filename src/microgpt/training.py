@@ -24,22 +24,24 @@ from microgpt.loggers import finish_wandb_runs, log_run_config
 from microgpt.model import GPTConfig
 from microgpt.module import GPTModule
 from microgpt.plan import RunPlan, check_devices_available, make_plan
-from microgpt.tokenizer import Tokenizer
+from microgpt.tokenizer import Tokenizer, tokenizer_from_state
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig) -> TextDataModule:
-    data = cfg.data
+def build_datamodule(data: DictConfig, tokenizer: dict | Tokenizer, seed: int,
+                     block_size: int | None = None) -> TextDataModule:
+    """The data module a `data=` config describes; `tokenizer` is a config to build from or a
+    ready tokenizer (evaluating or fine-tuning a checkpoint uses its own)."""
     return TextDataModule(
         sources=to_plain(data.get("sources")),
         val_sources=to_plain(data.get("val_sources")),
-        tokenizer=to_plain(cfg.tokenizer),
-        block_size=data.block_size,
+        tokenizer=tokenizer,
+        block_size=block_size or data.block_size,
         batch_size=data.batch_size,
         val_fraction=data.get("val_fraction", 0.1),
         num_workers=data.get("num_workers", 0),
-        seed=cfg.seed,
+        seed=seed,
         mode=data.get("mode", "memory"),
         val_documents=data.get("val_documents", 100),
         shards_dir=data.get("shards_dir"),
@@ -63,6 +65,17 @@ def model_settings(cfg: DictConfig, tokenizer: Tokenizer) -> dict:
             f"(model.block_size={config.block_size}); lower data.block_size or raise model.block_size"
         )
     return settings
+
+
+def training_tokenizer(cfg: DictConfig) -> dict | Tokenizer:
+    """The configured tokenizer, except when continuing from a microgpt checkpoint (`init_from=<.ckpt>`,
+    as stage 2 does): then the checkpoint's own, so ids mean what they meant in training."""
+    init_from = cfg.get("init_from")
+    if init_from and str(init_from).endswith(".ckpt"):
+        hparams = read_checkpoint(init_from).get("hyper_parameters") or {}
+        if "tokenizer" in hparams:
+            return tokenizer_from_state(hparams["tokenizer"])
+    return to_plain(cfg.tokenizer)
 
 
 def build_module(cfg: DictConfig, tokenizer: Tokenizer) -> GPTModule:
@@ -153,7 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for name in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
         require_positive_int(name, cfg[name])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed)
     tokenizer = datamodule.load()
     module = build_module(cfg, tokenizer)
     plan = make_plan(cfg, module.model.config)
@@ -178,10 +191,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.global_step % cfg.eval_every:  # the last step was not an evaluation step
             trainer.validate(module, datamodule=datamodule, verbose=False)
         failed = False
-    except SIGTERMException:
-        raise Interrupted(f"stopped by SIGTERM at step {trainer.global_step}; checkpoint saved in "
+    except (SIGTERMException, SystemExit) as e:
+        if isinstance(e, SystemExit) and not trainer.interrupted:
+            raise
+        # A second Ctrl-C reaches Lightning as KeyboardInterrupt, which it turns into SystemExit(1).
+        by = next((c.signal_name for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
+        by = by or ("SIGTERM" if isinstance(e, SIGTERMException) else "Ctrl-C (SIGINT)")
+        raise Interrupted(f"stopped by {by} at step {trainer.global_step}; checkpoint saved in "
                           f"{Path(cfg.paths.output_dir) / 'checkpoints'}; continue with "
-                          f"hydra.run.dir={cfg.paths.output_dir} resume=auto") from None
+                          f"hydra.run.dir={cfg.paths.output_dir} resume=auto",
+                          exit_code=143 if by == "SIGTERM" else 130) from None
     finally:
         finish_wandb_runs(trainer.loggers, failed)  # a multirun's next job must start its own W&B run
         teardown_distributed(launched_ranks=trainer.world_size > 1 and trainer.global_rank == 0)

@@ -23,8 +23,8 @@ class Throughput(L.Callback):
     work that other callbacks do at that point (samples, HellaSwag) and validation runs are left out."""
 
     def __init__(self, every_n_steps: int = 10, peak_flops: float | str | None = "auto") -> None:
-        """`peak_flops`: FLOP/s of one device for MFU: a number, `auto` (datasheet on known GPUs,
-        measured elsewhere), `measure`, or None for no MFU."""
+        """`peak_flops`: FLOP/s of one device for MFU: a number, `auto` (the datasheet figure of a
+        known GPU), `measure` (a timed matmul), or None for no MFU."""
         self.every_n_steps = max(1, every_n_steps)
         self.peak_flops = peak_flops
         self._peak: float | None = None
@@ -42,6 +42,8 @@ class Throughput(L.Callback):
         self._peak, source = resolve_peak_flops(self.peak_flops, pl_module.device, str(trainer.precision))
         if self._peak:
             log.info("MFU against %.3g FLOP/s per device (%s)", self._peak, source)
+        elif self.peak_flops is not None:
+            log.info("MFU not logged: %s; set callbacks.throughput.peak_flops=<FLOP/s> or =measure", source)
 
     def _now(self, pl_module) -> float:
         if pl_module.device.type == "cuda":  # queued kernels belong to the interval they were queued in

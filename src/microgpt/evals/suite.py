@@ -10,7 +10,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from microgpt.config import to_plain
-from microgpt.data import TextDataModule
 from microgpt.errors import ConfigError
 from microgpt.evals.hellaswag import evaluate_hellaswag
 from microgpt.evals.perplexity import held_out_loss
@@ -38,15 +37,13 @@ def check_tasks(tasks) -> list[str]:
 
 def val_loss_task(lm: LanguageModel, data: DictConfig, seed: int, max_batches: int | None) -> dict:
     """Held-out loss on `data=`'s validation split, tokenized with the model's own tokenizer."""
+    from microgpt.training import build_datamodule
+
     window = lm.model.config.block_size
     block_size = data.get("block_size") or window
     if block_size > window:
         raise ConfigError(f"data.block_size={block_size} is above the model's context ({window}); lower it or leave it null")
-    datamodule = TextDataModule(
-        sources=to_plain(data.sources), val_sources=to_plain(data.get("val_sources")),
-        tokenizer=lm.tokenizer, block_size=block_size, batch_size=data.batch_size,
-        val_fraction=data.get("val_fraction", 0.1), seed=seed,
-    )
+    datamodule = build_datamodule(data, lm.tokenizer, seed, block_size=block_size)
     datamodule.load()
     return held_out_loss(lm.model, datamodule.val_dataloader(), max_batches).metrics()
 
