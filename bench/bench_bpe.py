@@ -90,12 +90,16 @@ def train_plain_python(text: str, vocab_size: int, pattern: str = "gpt4") -> lis
     return merges
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list:
+    """Prints the detailed tables; returns the summary rows for bench/run_all.py."""
+    from common import Row
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--python-chars", type=int, default=100_000, help="corpus size for the slow plain-Python trainer")
     parser.add_argument("--python-vocab", type=int, default=512)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    rows = []
 
     shakespeare = shared_file("tinyshakespeare.txt").read_text()
     corpora = {"tinyshakespeare (1.1 MB)": shakespeare, "10x tinyshakespeare (11 MB)": shakespeare * 10}
@@ -110,6 +114,8 @@ def main() -> None:
                                                   lambda: train_hf_directly(text, vocab), args.reps)
             trained[(name, vocab)] = tok
             print(f"| {name} | {vocab} | {ours:.2f} | {hf:.2f} | {ours / hf:.2f}x |", flush=True)
+            rows.append(Row("bpe", f"train vocab {vocab} on {name}: microgpt / tokenizers time",
+                            f"{ours / hf:.2f}x ({ours:.2f} vs {hf:.2f} s)", "<= 1.5x", ours / hf <= 1.5))
 
     small = shakespeare[: args.python_chars]
     print(f"\n## vs a plain-Python minbpe-style trainer (slow: {args.python_chars:,} characters, "
@@ -137,6 +143,10 @@ def main() -> None:
                                                          args.reps)
             print(f"| {text_name} | {vocab} | {megabytes / ours:.1f} | {megabytes / ref:.1f} | {ref / ours:.2f}x "
                   f"| {len(ids):,} / {len(ref_ids):,} |", flush=True)
+            rows.append(Row("bpe", f"encode {text_name}, vocab {vocab}: microgpt / tiktoken gpt2 MB/s",
+                            f"{ref / ours:.2f}x ({megabytes / ours:.1f} vs {megabytes / ref:.1f} MB/s)", ">= 0.8x",
+                            ref / ours >= 0.8))
+    return rows
 
 
 if __name__ == "__main__":

@@ -19,13 +19,16 @@ import time
 import torch
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list:
+    """Prints the detailed table; returns the summary rows for bench/run_all.py."""
+    from common import Row
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--prompt-tokens", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -64,11 +67,15 @@ def main() -> None:
     print(f"GPT-2 124M shape, random weights, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; {args.prompt_tokens}-token prompt, {n} new tokens, greedy, "
           f"median of {args.reps}")
+    rows = []
     print(f"{'':40s} {'median s':>9s} {'tokens/s':>9s} {'vs transformers':>16s} {'same tokens':>12s}")
     for name, ts in times.items():
         median = statistics.median(ts)
         same = torch.equal(outputs[name], reference)
         print(f"{name:40s} {median:9.3f} {n / median:9.1f} {baseline / median:15.2f}x {str(same):>12s}")
+        rows.append(Row("generate", f"gpt2_124m shape, {n} new tokens, batch 1: {name}",
+                        f"{n / median:.1f} tok/s ({baseline / median:.2f}x transformers; same tokens: {same})"))
+    return rows
 
 
 if __name__ == "__main__":

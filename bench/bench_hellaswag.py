@@ -45,12 +45,16 @@ def median_seconds(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list:
+    """Prints the detailed table; returns the summary rows for bench/run_all.py."""
+    from common import Row
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    rows = []
     if args.threads:
         torch.set_num_threads(args.threads)
     examples = read_examples(shared_file("hellaswag_val.jsonl"))
@@ -71,6 +75,8 @@ def main() -> None:
             rate = len(encoded) / seconds
             base = base or rate
             print(f"| {label} | {len(encoded)} | {batch_size} | {rate:.1f} | {rate / base:.2f}x |", flush=True)
+        rows.append(Row("hellaswag", f"{label}, batches of {batch_size}", f"{rate:.1f} examples/s ({rate / base:.2f}x one at a time)"))
+    return rows
 
 
 if __name__ == "__main__":

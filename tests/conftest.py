@@ -87,3 +87,22 @@ def assert_clean_error(result: subprocess.CompletedProcess, *words: str) -> str:
     for word in words:
         assert word.lower() in lines[0].lower(), lines[0]
     return lines[0]
+
+
+def assert_resume_is_exact(overrides: list[str], tmp_path: Path, resume_step: int = 6) -> None:
+    """Train straight through; train again resumed from the step-`resume_step` checkpoint of the
+    first run: the final weights must be the same (and must have moved since that checkpoint)."""
+    import torch
+
+    from microgpt.training import train
+
+    train(compose_train(*overrides, output_dir=tmp_path / "straight"))
+    middle = tmp_path / "straight" / "checkpoints" / f"step{resume_step:06d}.ckpt"
+    train(compose_train(*overrides, f"ckpt_path={middle}", output_dir=tmp_path / "resumed"))
+    a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    m = torch.load(middle, weights_only=True)["state_dict"]
+    assert any(not torch.equal(m[k], a[k]) for k in a)

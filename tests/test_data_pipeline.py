@@ -6,17 +6,15 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
-from conftest import TINY, assert_clean_error, compose_train, run_cli
+from conftest import TINY, assert_clean_error, assert_resume_is_exact, run_cli
 from microgpt.data import TextDataModule
 from microgpt.data.packing import tokenize_documents
 from microgpt.data.shards import TokenShards
 from microgpt.data.streaming import StreamingWindows, pack
 from microgpt.errors import ConfigError, DataError
 from microgpt.tokenizer import TiktokenTokenizer
-from microgpt.training import train
 
 TOK = TiktokenTokenizer("gpt2")
 DOCS = [f"Document number {i} says: " + "lorem ipsum dolor sit amet " * (1 + i % 7) for i in range(40)]
@@ -95,27 +93,16 @@ def test_prepare_writes_shards_that_match_the_tokenizer(tmp_path, small_corpus):
 
 def test_train_from_shards_and_resume_exactly(tmp_path, small_corpus):
     out = prepare(tmp_path, small_corpus, "data.val_documents=0", f"data.val_sources=[{{kind: files, paths: [{small_corpus}]}}]")
-    common = [*TINY, "data=shards", f"data.shards_dir={out}", "tokenizer=gpt2", "callbacks.text_samples=null"]
-    train(compose_train(*common, output_dir=tmp_path / "a"))
-    train(compose_train(*common, f"ckpt_path={tmp_path / 'a/checkpoints/step000006.ckpt'}", output_dir=tmp_path / "b"))
-    a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert_resume_is_exact([*TINY, "data=shards", f"data.shards_dir={out}", "tokenizer=gpt2",
+                            "callbacks.text_samples=null"], tmp_path)
 
 
 def test_stream_mode_resumes_exactly_through_the_trainer(tmp_path, small_corpus):
     docs = small_corpus.read_text().split("\n\n")
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": d}) for d in docs))
-    common = [*TINY, "data=files", f"data.paths=[{jsonl}]", "data.mode=stream", "data.val_documents=20",
-              "tokenizer=gpt2", "callbacks.text_samples=null"]
-    train(compose_train(*common, output_dir=tmp_path / "a"))
-    train(compose_train(*common, f"ckpt_path={tmp_path / 'a/checkpoints/step000006.ckpt'}", output_dir=tmp_path / "b"))
-    a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert_resume_is_exact([*TINY, "data=files", f"data.paths=[{jsonl}]", "data.mode=stream", "data.val_documents=20",
+                            "tokenizer=gpt2", "callbacks.text_samples=null"], tmp_path)
 
 
 def test_broken_shard_directories(tmp_path, small_corpus):

@@ -1,7 +1,6 @@
 """The two-stage recipe end to end: stage 1, a stage-2 multirun of three seeds, and the soup."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest

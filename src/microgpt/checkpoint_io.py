@@ -21,9 +21,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote storage: its own semantics
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        tmp = None
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
@@ -33,16 +34,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(f"could not write checkpoint {target} ({write_failure(e, target.parent)}); "
                                   f"the previous checkpoint is intact; free disk space or fix permissions") from None
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
 
 
 def write_failure(error: Exception, folder: Path) -> str:
     """Why a write failed, in words: torch's zip writer hides ENOSPC behind `unexpected pos ...`."""
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
-        return str(error).strip().splitlines()[0]
-    return f"the write failed with {free:,} bytes free on that disk; is it full?"
+        return first_line
+    if free < 1 << 20:
+        return f"no space left on the device: {free:,} bytes free"
+    return f"{first_line}; {free:,} bytes free on that disk"

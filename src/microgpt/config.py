@@ -44,6 +44,8 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
         key, sep, value = arg.partition("=")
         group = key.lstrip("+~")
         options = available_options(group)
+        if value.startswith("["):  # a list of options (logger=[csv,wandb]): Hydra checks each itself
+            continue
         for choice in (value.split(",") if multirun else [value]):
             choice = choice.strip("'\"")
             if sep and options and choice not in options and choice != "null" and "/" not in choice:
@@ -76,4 +78,4 @@ def available_options(group: str) -> list[str]:
     folder = Path(CONFIG_DIR) / group
     if not group or not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))  # _base: shared parts

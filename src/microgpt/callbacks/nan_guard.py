@@ -30,12 +30,14 @@ ACTIONS = ("stop", "skip")
 
 class NanGuard(L.Callback):
     def __init__(self, action: str = "stop") -> None:
-        if action not in ACTIONS:
-            raise ConfigError(f"callbacks.nan_guard.action must be one of {', '.join(ACTIONS)}, got {action!r}")
-        self.action = action
+        self.action = action  # checked in setup(): Hydra would wrap an error raised here in its own
         self.skipped_steps: list[int] = []
         self._pending: tuple[int, torch.Tensor] | None = None  # (step, finite flag) not read yet
         self._enabled = True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.action not in ACTIONS:
+            raise ConfigError(f"callbacks.nan_guard.action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:

@@ -3,10 +3,10 @@ and directories written by `Dataset.save_to_disk`."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Iterator
 
+from microgpt.data.sources import record_texts
 from microgpt.errors import ConfigError, DataError
 
 
@@ -19,17 +19,7 @@ def hf_documents(source: dict) -> Iterator[str]:
     field = source.get("text_field", "text")
     dataset = _open(path, source.get("name"), split, source.get("data_files"), bool(source.get("streaming", True)))
     keep = record_filter(source.get("filter"))
-    missing = 0
-    for record in dataset:
-        if not keep(record):
-            continue
-        value = record.get(field)
-        if isinstance(value, str):
-            yield value
-        else:
-            missing += 1
-    if missing:
-        warnings.warn(f"hf dataset {path}: skipped {missing} records without a string field {field!r}", stacklevel=2)
+    yield from record_texts((r for r in dataset if keep(r)), field, f"hf dataset {path}")
 
 
 def record_filter(spec: dict | None):

@@ -9,7 +9,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from microgpt.errors import ConfigError, DataError
 
@@ -182,6 +182,11 @@ def json_documents(path: Path, text_field: str, is_array: bool = False) -> Itera
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n} is not valid JSON ({e}); fix or remove that line") from None
+    yield from record_texts(records, text_field, str(path))
+
+
+def record_texts(records: Iterable, text_field: str, where: str) -> Iterator[str]:
+    """Each record's `text_field` string; records without one are skipped and counted in one warning."""
     missing = 0
     for record in records:
         value = record.get(text_field) if isinstance(record, dict) else None
@@ -190,4 +195,4 @@ def json_documents(path: Path, text_field: str, is_array: bool = False) -> Itera
         else:
             missing += 1
     if missing:
-        warnings.warn(f"{path}: skipped {missing} records without a string field {text_field!r}", stacklevel=2)
+        warnings.warn(f"{where}: skipped {missing} records without a string field {text_field!r}", stacklevel=3)
