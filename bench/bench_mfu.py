@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> list[Row]:
                             f"{batch_size * seq / seconds:,.0f} tok/s)"))
         speedup = median(times["fp32"]) / median(times["bf16"])
         rows.append(Row("mfu", f"{label}: bf16 autocast step speed-up over fp32", f"{speedup:.2f}x"))
-        del model, optimizer
     rows += [Row("mfu", f"matmul peak measured during the run (1024^2), {p}",
                  f"median {median(v) / 1e9:.0f}, best {max(v) / 1e9:.0f} GFLOP/s") for p, v in peaks_seen.items()]
     print_rows(f"MFU on CPU ({torch.get_num_threads()} threads, {args.reps} interleaved reps, medians)", rows)

@@ -25,7 +25,7 @@ import torch
 from common import Row, compose_train, interleaved, median, print_rows, with_step_clock
 
 # (micro-batch, timed steps) per model: a few seconds of steady state each on 2 CPU cores.
-SHAPES = {"nano": (16, 25), "micro": (4, 8)}
+SHAPES = {"nano": (16, 20), "micro": (4, 6)}
 
 
 def framework_run(model: str, batch: int, steps: int, skip: int):

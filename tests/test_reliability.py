@@ -84,7 +84,7 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize("args, error, words", [
     (["model.vocab_size=10"], ConfigError, ["model.vocab_size=10", "smaller than the tokenizer", "model.vocab_size=null"]),
-    (["optim.lr=fast"], ConfigError, ["fast"]),
+    (["optim.lr=fast"], ConfigError, ["lr", "fast"]),
     (["model.n_embd=abc"], ConfigError, ["model.n_embd", "positive integer"]),
     (["model.n_embd=-32"], ConfigError, ["model.n_embd", "positive integer"]),
     (["model.n_layer=0"], ConfigError, ["model.n_layer"]),
@@ -99,8 +99,8 @@ def closed_port() -> int:
 def test_bad_settings_are_user_errors_that_name_the_fix(tmp_path, small_corpus, monkeypatch, args, error, words):
     monkeypatch.setattr("microgpt.download.DEFAULT_CACHE", tmp_path / "cache")
     args = [a.replace("{port}", str(closed_port())) for a in args]
+    data = [] if any(a.startswith("data=") for a in args) else files_data(small_corpus)
     with pytest.raises(error) as raised:
-        data = [] if any(a.startswith("data=") for a in args) else files_data(small_corpus)
         train(compose_train(*QUICK, *data, *args, output_dir=tmp_path / "run"))
     for word in words:
         assert word.lower() in str(raised.value).lower(), str(raised.value)
@@ -174,8 +174,10 @@ def optimizer_steps(ckpt: dict) -> set[int]:
     return {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
 
 
-def test_nan_guard_skip_applies_no_update_with_non_finite_gradients(tmp_path):
-    metrics = train(compose_train(*DIVERGING, "callbacks.nan_guard.action=skip", output_dir=tmp_path))
+@pytest.mark.parametrize("fused", ["true", "false"], ids=["fused-skips-on-device", "unfused-drops-gradients"])
+def test_nan_guard_skip_applies_no_update_with_non_finite_gradients(tmp_path, fused):
+    metrics = train(compose_train(*DIVERGING, "callbacks.nan_guard.action=skip", f"optim.fused={fused}",
+                                  output_dir=tmp_path))
     assert not metrics["val/loss"] == metrics["val/loss"]  # NaN: the weights after step 1 are useless ...
     ckpts = tmp_path / "checkpoints"
     first = torch.load(ckpts / "step000001.ckpt", weights_only=True)

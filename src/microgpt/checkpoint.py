@@ -22,7 +22,13 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path (ckpt=... / ckpt_path=...)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "zip" not in str(e).lower() and "mmap" not in str(e).lower():
+                raise
+            # Memory-mapping needs the zip format; older (legacy) files load without it.
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise CheckpointError(f"checkpoint {path} was refused: it holds objects that are not plain weights ({first})") from None

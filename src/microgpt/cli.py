@@ -11,7 +11,7 @@ from typing import Callable
 import hydra
 
 from microgpt.config import CONFIG_DIR, check_command_line, quote_numeric_choices
-from microgpt.errors import report_user_errors
+from microgpt.errors import Interrupted, report_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def keep_sweeping(task: Callable) -> Callable:
         try:
             return task(cfg)
         except (Exception, SystemExit) as e:  # report_user_errors turns user mistakes into SystemExit
-            if isinstance(e, SystemExit) and not e.code:
-                raise
+            if isinstance(e, SystemExit) and (not e.code or e.code == Interrupted.exit_code):
+                raise  # success, or a SIGTERM the whole sweep must obey
             reason = f"exit status {e.code}" if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
             job_dir = Path(hydra_cfg.runtime.output_dir)
             (job_dir / FAILED_MARKER).write_text(reason + "\n")

@@ -17,10 +17,10 @@ class WarmupCosine:
     end_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("peak_lr", "init_lr", "end_lr"):
+        for name, setting in (("peak_lr", "optim.lr"), ("init_lr", "schedule.init_lr"), ("end_lr", "schedule.end_lr")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"schedule {name} must be a non-negative number, got {value!r}")
+                raise ConfigError(f"{setting} must be a non-negative number, got {value!r}")
         if self.peak_lr == 0:
             raise ConfigError("the peak learning rate (optim.lr) must be positive, got 0")
         require_positive_int("schedule.decay_steps", self.decay_steps)

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from microgpt.errors import MicroGPTError
+from microgpt.model import check_sampling
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class TextSamples(L.Callback):
         seed: int = 1337,
         filename: str = "samples.txt",
     ) -> None:
+        check_sampling(temperature, top_k, None)  # now, not after hours of training
         self.prompts = list(prompts)
         self.max_new_tokens = max_new_tokens
         self.every_n_steps = every_n_steps
