@@ -44,7 +44,16 @@ def main() -> None:
 
     started, load_before = today(), load_average()
     rows: list[Row] = []
-    durations = []
+    durations: list[str] = []
+
+    def report(done: bool) -> str:
+        status = "" if done else "**Incomplete: still running.** "
+        return (f"# Benchmark results\n\n{status}{started}; {machine()}\n\n"
+                f"Load average (1, 5, 15 min) at the start: {load_before}; at the end: {load_average()} "
+                f"(the machine may be shared: absolute figures vary with load, ratios are measured side by side).\n\n"
+                f"Command: `python bench/run_all.py {' '.join(sys.argv[1:])}`; time per benchmark: "
+                f"{', '.join(durations)}.\n\n{markdown_table(rows)}\n")
+
     for name, module, argv in SUITE:
         if args.only and name not in args.only:
             continue
@@ -59,16 +68,12 @@ def main() -> None:
             rows.append(Row(name, "benchmark failed", f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}",
                             "runs", False))
         durations.append(f"{name} {time.perf_counter() - start:.0f} s")
+        if not args.only:  # written as it goes: a long run interrupted still leaves its figures
+            Path(args.out).write_text(report(done=False))
 
-    table = markdown_table(rows)
-    report = (f"# Benchmark results\n\n{started}; {machine()}\n\n"
-              f"Load average (1, 5, 15 min) at the start: {load_before}; at the end: {load_average()} "
-              f"(the machine is shared: absolute figures vary with load, ratios are measured side by side).\n\n"
-              f"Command: `python bench/run_all.py {' '.join(sys.argv[1:])}`; time per benchmark: {', '.join(durations)}.\n\n"
-              f"{table}\n")
-    print("\n" + report)
+    print("\n" + report(done=True))
     if not args.only:  # a partial run does not replace the full table
-        Path(args.out).write_text(report)
+        Path(args.out).write_text(report(done=True))
         print(f"written to {args.out}")
 
 
