@@ -1,7 +1,7 @@
 """Run every benchmark and print one combined table; also write it to bench/results.md.
 
     python bench/run_all.py                      # what `make bench` runs (~15 min on a quiet 2-core CPU)
-    python bench/run_all.py --only overhead data  # a subset
+    python bench/run_all.py --only overhead data  # a subset (results.md names the command)
     python bench/run_all.py --full               # time to quality over the full 2000 iterations (slower)
 
 Each script prints its own detailed table as it goes; the summary rows it returns are collected
@@ -68,13 +68,11 @@ def main() -> None:
             rows.append(Row(name, "benchmark failed", f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}",
                             "runs", False))
         durations.append(f"{name} {time.perf_counter() - start:.0f} s")
-        if not args.only:  # written as it goes: a long run interrupted still leaves its figures
-            Path(args.out).write_text(report(done=False))
+        Path(args.out).write_text(report(done=False))  # as it goes: an interrupted run still leaves its figures
 
     print("\n" + report(done=True))
-    if not args.only:  # a partial run does not replace the full table
-        Path(args.out).write_text(report(done=True))
-        print(f"written to {args.out}")
+    Path(args.out).write_text(report(done=True))
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":
