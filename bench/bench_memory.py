@@ -18,9 +18,10 @@ import sys
 from common import REPO, Row, compose_train, print_rows
 
 STEP = r"""
-import json, resource, sys, torch
+import json, sys, torch
 from microgpt.model import GPT, GPTConfig
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+rss = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 before = rss()
 config = GPTConfig.from_dict(json.loads(sys.argv[1]))
 model = GPT(config)

@@ -30,7 +30,7 @@ REFERENCE_SECONDS, REFERENCE_LOSS, TARGET_LOSS = 121.0, 1.8857, 1.88
 
 # bf16-mixed runs foreach AdamW: Lightning's mixed-precision plugin refuses gradient clipping with a
 # fused AdamW ("performs unscaling of gradients internally"), even for bf16, which has no scaler.
-BF16 = ["trainer.precision=bf16-mixed", "optim.fused=false"]
+BF16 = ["trainer.precision=bf16-mixed"]
 VARIANTS = {
     "reference": [],
     "bf16-mixed": BF16,

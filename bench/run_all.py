@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 import time
 import traceback
@@ -51,7 +52,7 @@ def main() -> None:
         return (f"# Benchmark results\n\n{status}{started}; {machine()}\n\n"
                 f"Load average (1, 5, 15 min) at the start: {load_before}; at the end: {load_average()} "
                 f"(the machine may be shared: absolute figures vary with load, ratios are measured side by side).\n\n"
-                f"Command: `python bench/run_all.py {' '.join(sys.argv[1:])}`; time per benchmark: "
+                f"Command: `python bench/run_all.py {shlex.join(sys.argv[1:])}`; time per benchmark: "
                 f"{', '.join(durations)}.\n\n{markdown_table(rows)}\n")
 
     for name, module, argv in SUITE:

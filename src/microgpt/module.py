@@ -89,6 +89,14 @@ class GPTModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule(step) / peak)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for fused optimizers, because under fp16
+        # they unscale gradients themselves. bf16 and fp32 have no gradient scaler: clip directly.
+        if self.trainer.precision in ("16-mixed", "16", "16-true") or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
