@@ -117,3 +117,11 @@ def test_bf16_autocast_with_fused_adamw_and_clipping_trains(tmp_path, small_corp
     metrics = train(compose_train(*TINY, *files_data(small_corpus), "trainer.precision=bf16-mixed", "optim.lr=1e-2",
                                   "callbacks.text_samples=null", output_dir=tmp_path))
     assert metrics["val/loss"] < 3.8  # from ~ln(61) = 4.1 at initialisation
+
+
+def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path, small_corpus):
+    train(compose_train(*TINY, *files_data(small_corpus), "max_steps=9", "checkpoint_every=4",
+                        "callbacks.text_samples=null", output_dir=tmp_path))
+    ckpts = tmp_path / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 9
+    assert torch.load(ckpts / "step000008.ckpt", weights_only=True)["global_step"] == 8

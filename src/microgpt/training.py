@@ -188,6 +188,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     failed = True
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.global_step % cfg.checkpoint_every:  # the periodic saves stopped short of the end
+            trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
         if trainer.global_step % cfg.eval_every:  # the last step was not an evaluation step
             trainer.validate(module, datamodule=datamodule, verbose=False)
         failed = False
