@@ -189,3 +189,18 @@ def test_unwritable_checkpoint_directory_keeps_the_previous_checkpoint(tmp_path,
     finally:
         os.chmod(target.parent, 0o700)
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+
+def test_sigterm_then_resume_auto_matches_the_uninterrupted_run(tmp_path, small_corpus):
+    args = [*fault_args(small_corpus), "max_steps=150", "checkpoint_every=1000", "eval_every=1000"]
+    train(compose_train(*args, output_dir=tmp_path / "straight"))
+    run_dir = tmp_path / "run"
+    proc = popen([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for(run_dir / "metrics.csv", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == 143, err[-3000:]
+    assert 0 < torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] < 150
+    code, _, err = finish(popen([*args, f"hydra.run.dir={run_dir}", "resume=auto"], tmp_path))
+    assert code == 0, err[-3000:]
+    assert_same_weights(tmp_path / "straight/checkpoints/last.ckpt", run_dir / "checkpoints/last.ckpt", atol=1e-6)
