@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from microgpt.config import CONFIG_DIR
@@ -106,3 +110,52 @@ def assert_resume_is_exact(overrides: list[str], tmp_path: Path, resume_step: in
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     m = torch.load(middle, weights_only=True)["state_dict"]
     assert any(not torch.equal(m[k], a[k]) for k in a)
+
+
+# --- training processes: started as a user would, in their own session (killable as a group) ---
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
+
+
+def popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """A training process in its own session, so the whole process tree can be killed."""
+    return subprocess.Popen([sys.executable, "-m", "microgpt.train", *args], cwd=cwd,
+                            env={**os.environ, **OFFLINE_ENV, **(env or {})}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out; stderr tail: {err[-3000:]}")
+    return proc.returncode, out, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before {path.name} appeared: {proc.stderr.read()[-3000:]}")
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"{path} did not appear")
+        time.sleep(0.02)
+
+

@@ -1,55 +1,18 @@
 """DDP on 2 CPU processes (gloo), 2 nodes on 127.0.0.1, DDP inside a Hydra multirun, and
-checkpoints that survive SIGKILL and SIGTERM."""
+checkpoints that survive SIGKILL (signals that stop a run cleanly: tests/test_cluster.py)."""
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import OFFLINE_ENV, TINY, assert_clean_error, compose_train, run_cli
+from conftest import (TINY, assert_clean_error, assert_same_weights, compose_train, finish, free_port, popen,
+                      run_cli, wait_for, weights)
 from microgpt.training import train
 
 STEP_TINY = [*TINY, "callbacks.text_samples=null"]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
-def assert_same_weights(a: Path, b: Path, atol: float) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
-
-
-def popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """A training process in its own session, so the whole process tree can be killed."""
-    return subprocess.Popen([sys.executable, "-m", "microgpt.train", *args], cwd=cwd,
-                            env={**os.environ, **OFFLINE_ENV, **(env or {})}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"timed out; stderr tail: {err[-3000:]}")
-    return proc.returncode, out, err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, small_corpus):
@@ -111,17 +74,6 @@ def test_ddp_inside_a_multirun_runs_each_job_once(tmp_path, small_corpus):
     assert not list(tmp_path.glob("outputs"))  # no stray run directories from child ranks
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before {path.name} appeared: {proc.stderr.read()[-3000:]}")
-        if time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"{path} did not appear")
-        time.sleep(0.02)
-
-
 def fault_args(corpus: Path) -> list[str]:
     return [*STEP_TINY, "data=files", f"data.paths=[{corpus}]", "model.dropout=0.1", "max_steps=60",
             "eval_every=20", "checkpoint_every=4", "data.batch_size=16"]
@@ -150,21 +102,6 @@ def test_sigkill_then_resume_auto_matches_the_uninterrupted_run(tmp_path, small_
     assert_same_weights(tmp_path / "straight/checkpoints/last.ckpt", ckpts / "last.ckpt", atol=1e-6)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, small_corpus):
-    args = [*fault_args(small_corpus), "max_steps=100000", "checkpoint_every=1000"]
-    run_dir = tmp_path / "run"
-    proc = popen([*args, f"hydra.run.dir={run_dir}"], tmp_path)
-    wait_for(run_dir / "metrics.csv", proc)  # training has started
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGTERM)
-    code, _, err = finish(proc)
-    assert code == 143, err[-3000:]
-    assert "Traceback" not in err
-    assert any(line.startswith("stopped: stopped by SIGTERM at step") for line in err.splitlines()), err[-2000:]
-    step = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
-    assert 0 < step < 1000
-
-
 def test_resume_with_another_tokenizer_is_refused(tmp_path, small_corpus):
     common = [*STEP_TINY, "data=files", f"data.paths=[{small_corpus}]", "max_steps=2", "eval_every=2"]
     train(compose_train(*common, output_dir=tmp_path / "a"))
@@ -189,18 +126,3 @@ def test_unwritable_checkpoint_directory_keeps_the_previous_checkpoint(tmp_path,
     finally:
         os.chmod(target.parent, 0o700)
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
-
-
-def test_sigterm_then_resume_auto_matches_the_uninterrupted_run(tmp_path, small_corpus):
-    args = [*fault_args(small_corpus), "max_steps=150", "checkpoint_every=1000", "eval_every=1000"]
-    train(compose_train(*args, output_dir=tmp_path / "straight"))
-    run_dir = tmp_path / "run"
-    proc = popen([*args, f"hydra.run.dir={run_dir}"], tmp_path)
-    wait_for(run_dir / "metrics.csv", proc)
-    os.killpg(proc.pid, signal.SIGTERM)
-    code, _, err = finish(proc)
-    assert code == 143, err[-3000:]
-    assert 0 < torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] < 150
-    code, _, err = finish(popen([*args, f"hydra.run.dir={run_dir}", "resume=auto"], tmp_path))
-    assert code == 0, err[-3000:]
-    assert_same_weights(tmp_path / "straight/checkpoints/last.ckpt", run_dir / "checkpoints/last.ckpt", atol=1e-6)

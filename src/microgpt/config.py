@@ -24,8 +24,9 @@ def to_plain(cfg) -> dict | list | object:
     return cfg
 
 
-def check_command_line(config_name: str, argv: list[str]) -> None:
-    """Compose the config once before Hydra runs, so a bad override is one clear error line.
+def check_command_line(config_name: str, argv: list[str]):
+    """Compose the config once before Hydra runs, so a bad override is one clear error line;
+    returns the composed config (with its `hydra` part), or None when it was not composed.
 
     Hydra's own report of these mistakes spans many lines; this raises ConfigError instead.
     Multirun sweeps get the group-name check only; Hydra's informational flags are left to Hydra.
@@ -33,7 +34,7 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):
-        return
+        return None
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -51,10 +52,10 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
             if sep and options and choice not in options and choice != "null" and "/" not in choice:
                 raise ConfigError(f"unknown {group} {choice!r}; choose one of: {', '.join(options)} ({group}=<name>)")
     if multirun:
-        return
+        return None
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split())
         raise ConfigError(f"{message} (see --help for the config groups)") from None

@@ -1,36 +1,70 @@
-"""DDP inside Hydra: child ranks run exactly their own job, and each job leaves no process group behind."""
+"""DDP inside Hydra: child ranks run exactly their own job, and each job leaves no process group behind.
+
+Light to import (torch loads only when a process group is torn down): every command records here
+how it was started, before it knows whether it will train on several ranks.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 
-import torch.distributed as dist
-
 _DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+# How this process's command was started: ["-m", "microgpt.train"] or ["/path/to/script.py"].
+_command: list[str] = []
+
+
+def command_of(task) -> list[str]:
+    """How to start the command `task` (a `@hydra_command` function) belongs to. Called when the
+    command is defined, in the process the user started: later, in a joblib (loky) or submitit
+    worker, `__main__` and `sys.argv` are the worker's, not the command's."""
+    return ["-m", task.__module__] if task.__module__ != "__main__" else _main_command()
+
+
+def _main_command() -> list[str]:
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    return ["-m", spec.name] if spec is not None else [os.path.abspath(sys.argv[0])]  # `python script.py`
+
+
+def set_job_command(command: list[str]) -> None:
+    """Record the command of the job this process runs (each job does, in whichever process runs it)."""
+    _command[:] = command
 
 
 def job_subprocess_cmd(local_rank: int) -> tuple[list[str], str]:
-    """The command Lightning starts each extra DDP rank with: this job's overrides in this job's
-    directory. Lightning's own version re-runs `sys.argv`, which inside a multirun (`-m`) makes
-    every child rank launch the whole sweep again."""
+    """The command Lightning starts each extra DDP rank with: this job's command, config and
+    overrides, in this job's directory. Lightning's own version re-runs `sys.argv`, which inside a
+    multirun (`-m`) makes every child rank launch the whole sweep again, and inside a joblib worker
+    starts joblib's worker module."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 
-    import __main__
-
     hydra_cfg = HydraConfig.get()
-    if getattr(__main__, "__spec__", None) is not None:
-        command = [sys.executable, "-m", __main__.__spec__.name]
-    else:
-        command = [sys.executable, os.path.abspath(sys.argv[0])]
-    command += list(hydra_cfg.overrides.task)
+    # A script's own @hydra.main records no command: its __main__ is right unless a joblib worker runs it.
+    command = [sys.executable, *(_command or _main_command()), *config_args(hydra_cfg), *hydra_cfg.overrides.task]
     command += [
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
         "hydra.output_subdir=null",  # only rank 0 writes the job's .hydra/ config
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
     ]
     return command, get_original_cwd()
+
+
+def config_args(hydra_cfg) -> list[str]:
+    """The options that chose where the job's config came from (`--config-path/-cp`,
+    `--config-name/-cn`, `--config-dir`, `hydra.searchpath=`), so a child rank composes the same config."""
+    args = []
+    for source in hydra_cfg.runtime.config_sources:
+        path = source.path.removeprefix("file://")
+        if source.provider == "main":
+            args.append(f"--config-path={path}")
+        elif source.provider == "command-line":
+            args.append(f"--config-dir={path}")
+    args.append(f"--config-name={hydra_cfg.job.config_name}")
+    return args + [o for o in hydra_cfg.overrides.hydra if o.lstrip("+~").startswith("hydra.searchpath")]
 
 
 def install_hydra_ddp_fix() -> None:
@@ -41,6 +75,8 @@ def install_hydra_ddp_fix() -> None:
 
 def teardown_distributed(launched_ranks: bool) -> None:
     """Leave the process as a fresh one for the next job of a multirun."""
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     if launched_ranks:  # the variables Lightning's launcher set for the ranks it started

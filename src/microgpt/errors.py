@@ -43,6 +43,11 @@ class Interrupted(MicroGPTError):
         self.exit_code = exit_code
 
 
+class Requeued(SystemExit):
+    """A pre-empted job (SLURM / Hydra's submitit launcher) that saved its checkpoint and was handed
+    back to the scheduler to run again: the process exits, yet the job has not failed."""
+
+
 def debug_enabled() -> bool:
     return os.environ.get("MICROGPT_DEBUG", "") not in ("", "0") or os.environ.get("HYDRA_FULL_ERROR") == "1"
 

@@ -20,7 +20,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from microgpt.cli import FAILED_MARKER, hydra_command
+from microgpt.cli import hydra_command, read_failure
 from microgpt.checkpoint import STATE_PREFIX, model_from_checkpoint, read_checkpoint
 from microgpt.errors import CheckpointError, ConfigError, MicroGPTError
 from microgpt.model import GPT
@@ -218,21 +218,26 @@ def sweep_jobs(sweep_dir: Path) -> tuple[list[tuple[str, Path]], list[dict]]:
     """(name, final checkpoint) of each finished job of a sweep, and the jobs that failed.
     A job is named by the overrides that set it apart from the others (e.g. `seed=2`)."""
     jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))
-    overrides = {j: list(OmegaConf.load(j / ".hydra" / "overrides.yaml")) if (j / ".hydra" / "overrides.yaml").is_file() else []
-                 for j in jobs}
+    overrides = {j: job_overrides(j) for j in jobs}
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     finished, failed = [], []
     for job in jobs:
         own = " ".join(o for o in overrides[job] if o not in shared)
         name = f"job {job.name}" + (f" ({own})" if own else "")
-        marker, ckpt = job / FAILED_MARKER, job / "checkpoints" / "last.ckpt"
-        if marker.is_file():
-            failed.append({"job": name, "reason": marker.read_text().strip()})
+        reason, ckpt = read_failure(job), job / "checkpoints" / "last.ckpt"
+        if reason:
+            failed.append({"job": name, "reason": reason})
         elif not ckpt.is_file():
             failed.append({"job": name, "reason": "no final checkpoint (checkpoints/last.ckpt)"})
         else:
             finished.append((name, ckpt))
     return finished, failed
+
+
+def job_overrides(job: Path) -> list[str]:
+    """A job's overrides as typed: `${seed}` in one is text here, not an interpolation to resolve."""
+    path = job / ".hydra" / "overrides.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else []
 
 
 class SoupCallback(Callback):

@@ -3,36 +3,43 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
+
+import signal
+import subprocess
 
 import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from microgpt.callbacks.interrupt import CheckpointOnInterrupt
+from microgpt.callbacks.checkpoints import RunCheckpoint
+from microgpt.callbacks.interrupt import StopOnSignal, disable_lightning_signal_handling
+from microgpt.callbacks.shared_run_dir import SharedRunDirectory
 from microgpt.checkpoint import read_checkpoint
 from microgpt.checkpoint_io import AtomicCheckpointIO
 from microgpt.config import to_plain
 from microgpt.data import TextDataModule
 from microgpt.distributed import teardown_distributed
-from microgpt.errors import CheckpointError, ConfigError, Interrupted, require_positive_int
+from microgpt.errors import CheckpointError, ConfigError, Interrupted, Requeued, require_positive_int
 from microgpt.loggers import finish_wandb_runs, log_run_config
 from microgpt.model import GPTConfig
 from microgpt.module import GPTModule
 from microgpt.plan import RunPlan, check_devices_available, make_plan
+from microgpt.ranks import is_first_process, mark_launcher, started_by_first_process
+from microgpt.run_dir import RunDirLock, resolve_ckpt_path
 from microgpt.tokenizer import Tokenizer, tokenizer_from_state
 
 log = logging.getLogger(__name__)
 
 
 def build_datamodule(data: DictConfig, tokenizer: dict | Tokenizer, seed: int,
-                     block_size: int | None = None) -> TextDataModule:
+                     block_size: int | None = None, val_windows: int | None = None) -> TextDataModule:
     """The data module a `data=` config describes; `tokenizer` is a config to build from or a
-    ready tokenizer (evaluating or fine-tuning a checkpoint uses its own)."""
+    ready tokenizer (evaluating or fine-tuning a checkpoint uses its own). `val_windows` bounds
+    validation to that many windows in all, whatever the number of ranks."""
     return TextDataModule(
         sources=to_plain(data.get("sources")),
         val_sources=to_plain(data.get("val_sources")),
@@ -45,6 +52,7 @@ def build_datamodule(data: DictConfig, tokenizer: dict | Tokenizer, seed: int,
         mode=data.get("mode", "memory"),
         val_documents=data.get("val_documents", 100),
         shards_dir=data.get("shards_dir"),
+        val_windows=val_windows,
     )
 
 
@@ -106,11 +114,10 @@ def build_strategy(strategy):
     return hydra.utils.instantiate(strategy, **kwargs)
 
 
-def build_trainer(cfg: DictConfig, plan: RunPlan) -> L.Trainer:
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    callbacks.append(CheckpointOnInterrupt(dirpath=str(Path(cfg.paths.output_dir) / "checkpoints")))
+def build_trainer(cfg: DictConfig, plan: RunPlan, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
+    callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
-    return hydra.utils.instantiate(
+    trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=instantiate_all(cfg.get("logger")) or False,
@@ -120,35 +127,8 @@ def build_trainer(cfg: DictConfig, plan: RunPlan) -> L.Trainer:
         # Lightning counts micro-batches here; the config speaks in optimizer steps.
         val_check_interval=cfg.eval_every * plan.accumulate,
     )
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
-    """`last`: this run directory's last.ckpt; `auto`: its newest readable checkpoint, if any
-    (a corrupt newest one is reported and skipped); anything else is a path that must exist."""
-    if not ckpt_path:
-        return None
-    checkpoints = Path(output_dir) / "checkpoints"
-    if ckpt_path == "auto":
-        for path in sorted(checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
-            try:
-                read_checkpoint(path)
-                log.info("resuming from %s", path)
-                return str(path)
-            except CheckpointError as e:
-                log.warning("skipping %s", e)
-        log.info("no checkpoint to resume in %s: starting fresh", checkpoints)
-        return None
-    if ckpt_path == "last":
-        path = checkpoints / "last.ckpt"
-        if not path.is_file():
-            raise CheckpointError(
-                f"no checkpoint at {path}; to resume a run pass its directory "
-                f"(hydra.run.dir=<run dir> ckpt_path=last) or ckpt_path=<file.ckpt>"
-            )
-    else:
-        path = Path(ckpt_path)
-    read_checkpoint(path)  # fail here, clearly, on a missing or corrupt file
-    return str(path)
+    disable_lightning_signal_handling(trainer)
+    return trainer
 
 
 def quiet_lightning_logs() -> None:
@@ -161,12 +141,25 @@ def quiet_lightning_logs() -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train as configured; returns the final validation metrics."""
+    """Train as configured; returns the final validation metrics. One run per run directory at a
+    time: a second one there is refused."""
     quiet_lightning_logs()
     for name in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
         require_positive_int(name, cfg[name])
+    lock = RunDirLock(cfg.paths.output_dir).acquire() if is_first_process() and not cfg.get("dry_run") else None
+    try:
+        return _train(cfg)
+    except KeyboardInterrupt:  # before the graceful handlers were up: nothing was trained yet
+        raise Interrupted("stopped by Ctrl-C (SIGINT) before training started; nothing to save", exit_code=130) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed)
+    datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed,
+                                  val_windows=cfg.eval_batches * cfg.data.batch_size)
     tokenizer = datamodule.load()
     module = build_module(cfg, tokenizer)
     plan = make_plan(cfg, module.model.config)
@@ -176,8 +169,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_devices_available(cfg.trainer, plan)
     if cfg.get("tf32"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    trainer = build_trainer(cfg, plan)
-    ckpt_path = resolve_ckpt_path(cfg.get("resume") or cfg.get("ckpt_path"), cfg.paths.output_dir)
+    interrupt = cfg.get("interrupt") or {}
+    stop = StopOnSignal(interrupt.get("requeue_signal"), interrupt.get("sync_every_n_steps"))
+    requested = cfg.get("resume") or cfg.get("ckpt_path")
+    ckpt_path, problem = resume_point(requested, cfg.paths.output_dir)
+    extra = [stop] + ([SharedRunDirectory(cfg.paths.output_dir, ckpt_path, problem)] if requested else [])
+    trainer = build_trainer(cfg, plan, extra)
     if cfg.get("init_from") and ckpt_path is None:  # a resumed run restores its own weights instead
         from microgpt.pretrained import initial_weights
 
@@ -185,28 +182,81 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("weights initialised from %s", cfg.init_from)
     log.info("model: %s parameters", f"{module.model.count_params():,}")
     log_run_config(trainer.loggers, cfg)
+    mark_launcher()
     failed = True
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        if trainer.global_step % cfg.checkpoint_every:  # the periodic saves stopped short of the end
-            trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
-        if trainer.global_step % cfg.eval_every:  # the last step was not an evaluation step
+        for callback in trainer.checkpoint_callbacks:  # Lightning skips the train-end hooks of a run resumed at its end
+            if isinstance(callback, RunCheckpoint):
+                callback.save_last_now(trainer)
+        if stop.stopped_by is None and trainer.global_step % cfg.eval_every:  # the last step was no evaluation step
             trainer.validate(module, datamodule=datamodule, verbose=False)
         failed = False
-    except (SIGTERMException, SystemExit) as e:
-        if isinstance(e, SystemExit) and not trainer.interrupted:
+    except SystemExit:
+        if not trainer.interrupted:
             raise
-        # A second Ctrl-C reaches Lightning as KeyboardInterrupt, which it turns into SystemExit(1).
-        by = next((c.signal_name for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
-        by = by or ("SIGTERM" if isinstance(e, SIGTERMException) else "Ctrl-C (SIGINT)")
-        raise Interrupted(f"stopped by {by} at step {trainer.global_step}; checkpoint saved in "
-                          f"{Path(cfg.paths.output_dir) / 'checkpoints'}; continue with "
-                          f"hydra.run.dir={cfg.paths.output_dir} resume=auto",
-                          exit_code=143 if by == "SIGTERM" else 130) from None
+        # Lightning turns a Ctrl-C outside the training steps (start-up, a final evaluation) into exit(1).
+        step = trainer.global_step
+        raise Interrupted("stopped by Ctrl-C (SIGINT) " + (
+            "before training started; nothing to save" if step == 0 else
+            f"after step {step}, outside a training step; checkpoints/last.ckpt holds that step"), exit_code=130) from None
     finally:
         finish_wandb_runs(trainer.loggers, failed)  # a multirun's next job must start its own W&B run
         teardown_distributed(launched_ranks=trainer.world_size > 1 and trainer.global_rank == 0)
+    if stop.stopped_by is not None:
+        return stopped(cfg, trainer, stop)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     log.info("finished at step %d: %s; checkpoints in %s", trainer.global_step,
              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), Path(cfg.paths.output_dir) / "checkpoints")
     return metrics
+
+
+def resume_point(requested: str | None, output_dir: str) -> tuple[str | None, str | None]:
+    """The checkpoint to resume from. On a rank other than 0 an unreadable one is not fatal here:
+    SharedRunDirectory reports it on every rank at once, where a lone failing rank would leave
+    the others waiting for it in the process group's start-up."""
+    try:
+        return resolve_ckpt_path(requested, output_dir), None
+    except CheckpointError as e:
+        if is_first_process():
+            raise
+        return None, str(e)
+
+
+def stopped(cfg: DictConfig, trainer: L.Trainer, stop: StopOnSignal) -> dict[str, float]:
+    """End a run that all ranks stopped on a signal: rank 0 says so and exits 128 + signal, or
+    hands a pre-empted job back to the scheduler."""
+    saved = any(isinstance(c, RunCheckpoint) and c.save_last for c in trainer.checkpoint_callbacks)
+    where = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    what = f"checkpoint saved to {where}" if saved else "no checkpoint callback is configured, nothing was saved"
+    name = "Ctrl-C (SIGINT)" if stop.stopped_by == signal.SIGINT else stop.stopped_by.name
+    if started_by_first_process():
+        log.info("stopped by %s at step %d, as rank 0 decided", name, trainer.global_step)
+        return {}  # rank 0 reports; a non-zero status here would make it kill the job
+    if stop.stopped_by == stop.requeue_signal:
+        requeue(stop, f"pre-empted ({name}) at step {trainer.global_step}; {what}")
+    raise Interrupted(f"stopped by {name} at step {trainer.global_step}; {what}; continue with "
+                      f"hydra.run.dir={cfg.paths.output_dir} resume=auto", exit_code=128 + int(stop.stopped_by))
+
+
+def requeue(stop: StopOnSignal, what: str) -> None:
+    """Hand a pre-empted job back to its scheduler, which runs it again (resume=auto continues).
+    Under Hydra's submitit launcher that is submitit's own handler, taken over by StopOnSignal
+    (it requeues from rank 0 and exits); under a plain SLURM job, `scontrol requeue`. Returns when
+    there is no scheduler to hand it to."""
+    handler = stop.previous_handlers.get(stop.requeue_signal)
+    if callable(handler):
+        log.warning("%s; handing the job back to the scheduler", what)
+        try:
+            handler(int(stop.requeue_signal), None)
+        except SystemExit as e:
+            raise Requeued(e.code) from None
+        raise Requeued(0)  # submitit leaves the requeue to rank 0
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    job = job or os.environ.get("SLURM_JOB_ID")
+    if job and is_first_process():
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if result.returncode == 0:
+            log.warning("%s; SLURM job %s requeued", what, job)
+            raise Requeued(0)
+        log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())

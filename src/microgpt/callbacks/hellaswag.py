@@ -9,6 +9,7 @@ import torch
 
 from microgpt.errors import require_positive_int
 from microgpt.evals.hellaswag import EncodedExample, encode_examples, evaluate, load_examples
+from microgpt.module import unsharded
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,8 @@ class HellaSwag(L.Callback):
     `limit`: score only the first K examples (quick runs); `every_n_steps`: 0 means only at the end.
 
     Scores the plain `pl_module.model` (never the compiled or DDP-wrapped view) with
-    `pl_module.tokenizer`; under DDP the ranks split the examples and the counts are summed.
+    `pl_module.tokenizer`; under DDP and FSDP the ranks split the examples and the counts are
+    summed (under FSDP each rank scores with the full weights, gathered once per evaluation).
     """
 
     def __init__(self, source: str | None = None, every_n_steps: int = 0, limit: int | None = None,
@@ -52,8 +54,9 @@ class HellaSwag(L.Callback):
 
     def score(self, trainer: L.Trainer, pl_module) -> None:
         self._last_step = trainer.global_step
-        with trainer.precision_plugin.forward_context():  # the training precision (autocast, if any)
-            result = evaluate(pl_module.model, self._examples, self.batch_size, self._skipped)
+        with unsharded(trainer, pl_module.model) as model, trainer.precision_plugin.forward_context():
+            # forward_context: the training precision (autocast, if any)
+            result = evaluate(model, self._examples, self.batch_size, self._skipped)
         metrics = {"hellaswag/acc": result.acc, "hellaswag/acc_norm": result.acc_norm}
         # Straight to the loggers: self.log is not allowed in on_train_end, and in batch hooks it
         # only reaches the logger on `log_every_n_steps` boundaries. `step` is the optimizer steps

@@ -1,6 +1,10 @@
 """Catch a loss that turned NaN or inf before it wrecks the weights (and the checkpoints after them).
 
-Each optimizer step, before the update, the gradients' total norm is checked:
+Each optimizer step, before the update, the gradients' total norm is checked. The norm is the one
+gradient clipping computed for that step (`GPTModule.configure_gradient_clipping` hands it to
+`on_gradient_norm`, clipping on or off), so the check adds no norm and no collective of its own:
+under DDP the gradients are already all-reduced and under FSDP the norm is the global one, so
+every rank sees the same norm and takes the same decision.
 
 - `action: stop` (default): the run stops with one error line naming the step and the last good
   checkpoint; the bad update is never applied, so no checkpoint ever holds NaN weights.
@@ -22,6 +26,7 @@ import lightning as L
 import torch
 
 from microgpt.errors import ConfigError, TrainingDiverged
+from microgpt.module import GPTModule
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,9 @@ class NanGuard(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.action not in ACTIONS:
             raise ConfigError(f"callbacks.nan_guard.action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+        if not isinstance(pl_module, GPTModule):  # nothing else calls on_gradient_norm: the guard would be idle
+            raise ConfigError(f"callbacks.nan_guard needs microgpt's GPTModule (it reports the gradient norm), "
+                              f"got {type(pl_module).__name__}; set callbacks.nan_guard=null")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
@@ -45,16 +53,11 @@ class NanGuard(L.Callback):
             self._enabled = False
             log.info("nan_guard: off under a gradient scaler (precision=16-mixed skips non-finite steps itself)")
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+    def on_gradient_norm(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer, norm: torch.Tensor) -> None:
         if not self._enabled:
             return
         self._read_pending(trainer)  # the previous step's flag: computed long ago, so no stall
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if not grads:
-            return
-        bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-        if trainer.world_size > 1:  # sharded gradients (FSDP): every rank must take the same decision
-            bad = trainer.strategy.reduce(bad.float(), reduce_op="sum") > 0
+        bad = ~torch.isfinite(norm)
         step = trainer.global_step + 1  # the step being taken, numbered like stepNNNNNN.ckpt
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's torch optimizer
         if getattr(optimizer, "_step_supports_amp_scaling", False):  # fused: skips on the device

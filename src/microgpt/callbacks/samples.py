@@ -1,4 +1,8 @@
-"""Generate text from fixed prompts every N steps and at the end of training."""
+"""Generate text from fixed prompts every N steps and at the end of training.
+
+Rank 0 generates and writes; every rank calls in, since under FSDP gathering the full weights
+is a collective (see `microgpt.module.unsharded`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from microgpt.errors import MicroGPTError
-from microgpt.model import check_sampling
+from microgpt.model import GPT, check_sampling
+from microgpt.module import unsharded
+from microgpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +53,11 @@ class TextSamples(L.Callback):
         if trainer.global_step != self._last_step:
             self.write_samples(trainer, pl_module)
 
-    @rank_zero_only
     def write_samples(self, trainer: L.Trainer, pl_module) -> None:
-        samples = self.generate(pl_module)
+        with unsharded(trainer, pl_module.model) as model:
+            if not trainer.is_global_zero:
+                return
+            samples = self.generate(model, pl_module.tokenizer)
         out = Path(trainer.default_root_dir) / self.filename
         with out.open("a", encoding="utf-8") as f:
             for prompt, text in samples:
@@ -63,11 +70,12 @@ class TextSamples(L.Callback):
                 logger.log_text(key="samples", columns=["step", "prompt", "text"], data=self._table_rows,
                                 step=trainer.global_step)
 
-    def generate(self, pl_module) -> list[tuple[str, str]]:
-        model, tokenizer = pl_module.model, pl_module.tokenizer
+    def generate(self, model: GPT, tokenizer: Tokenizer) -> list[tuple[str, str]]:
+        """(prompt, continuation) per prompt, sampled from `model` with this callback's settings."""
+        device = model.transformer.wte.weight.device
         was_training = model.training
         model.eval()
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        generator = torch.Generator(device=device).manual_seed(self.seed)
         results = []
         try:
             for prompt in self.prompts:
@@ -76,7 +84,7 @@ class TextSamples(L.Callback):
                 except MicroGPTError as e:  # e.g. a character the char vocabulary never saw
                     log.warning("sample prompt %r skipped: %s", prompt, e)
                     continue
-                idx = torch.tensor([ids], dtype=torch.long, device=pl_module.device)
+                idx = torch.tensor([ids], dtype=torch.long, device=device)
                 out = model.generate(idx, self.max_new_tokens, temperature=self.temperature,
                                      top_k=self.top_k, generator=generator)
                 results.append((prompt, tokenizer.decode(out[0, len(ids):].tolist())))

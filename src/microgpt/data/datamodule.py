@@ -50,6 +50,7 @@ class TextDataModule(L.LightningDataModule):
         mode: str = "memory",
         val_documents: int = 100,
         shards_dir: str | None = None,
+        val_windows: int | None = None,
     ) -> None:
         super().__init__()
         require_positive_int("data.block_size", block_size)
@@ -74,6 +75,7 @@ class TextDataModule(L.LightningDataModule):
         self.mode = mode
         self.val_documents = val_documents
         self.shards_dir = shards_dir
+        self.val_windows = val_windows  # None: every validation window
         self.tokenizer: Tokenizer | None = None
         self.train_tokens: np.ndarray | list[np.ndarray] | None = None  # None when streaming
         self.val_tokens: np.ndarray | list[np.ndarray] | None = None
@@ -183,9 +185,12 @@ class TextDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_sampler=sampler, **common)
 
     def val_dataloader(self) -> DataLoader:
+        """The first `val_windows` validation windows, dealt round-robin to the ranks: the same
+        windows, so the same validation loss, at any world size."""
         dataset = PackedWindows(self.val_tokens, self.block_size)
         rank, world = self._rank_and_world()
-        indices = list(range(rank, len(dataset), world))
+        total = len(dataset) if self.val_windows is None else min(len(dataset), self.val_windows)
+        indices = list(range(rank, total, world))
         batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
         return DataLoader(dataset, batch_sampler=batches, num_workers=0, generator=private_generator(self.seed))
 
