@@ -19,9 +19,8 @@ import regex
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import shared_file  # noqa: E402
-
-from microgpt.bpe import PATTERNS, train_bpe  # noqa: E402
-from microgpt.tokenizer import tiktoken_encoding  # noqa: E402
+from microgpt.core.bpe import PATTERNS, train_bpe  # noqa: E402
+from microgpt.core.tokenizer import tiktoken_encoding  # noqa: E402
 
 
 def timed(fn, reps: int) -> tuple[float, object]:

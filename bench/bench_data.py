@@ -6,7 +6,7 @@ and reading pre-tokenized shards.
 1. Tokenization: `microgpt.data.packing.tokenize_documents` (GPT-2 tiktoken, EOT separators,
    packed into one uint16 array) vs raw tiktoken `encode_ordinary_batch` on the same documents
    (wikitext-2 articles and Tiny Shakespeare paragraphs), interleaved. Target >= 0.8x.
-2. Data wait on `model=nano`: a real `microgpt.training.train` run with a callback timing the gap
+2. Data wait on `model=nano`: a real `microgpt.lightning.training.train` run with a callback timing the gap
    between one batch's end and the next batch's start (the DataLoader `next()` plus the loop's own
    bookkeeping, so an upper bound on waiting for data), as a share of the steady-state step period.
    Also the loader alone (batches/s) vs the steps/s the model consumes. Target < 2%.
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from common import REPO, Row, current_rss_mib, interleaved, median, print_rows
+
 from conftest import shared_file
 
 
@@ -42,8 +43,8 @@ def documents() -> list[str]:
 
 
 def tokenization(reps: int) -> list[Row]:
+    from microgpt.core.tokenizer import TiktokenTokenizer
     from microgpt.data.packing import tokenize_documents
-    from microgpt.tokenizer import TiktokenTokenizer
 
     docs = documents()
     tokenizer = TiktokenTokenizer("gpt2")
@@ -84,7 +85,7 @@ def data_wait(reps: int, steps: int, skip: int) -> tuple[list[Row], float]:
 
 
 def shards(batches: int, step_rate: float | None) -> list[Row]:
-    from microgpt.data import TextDataModule
+    from microgpt.lightning.datamodule import TextDataModule
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.jsonl"

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> list:
 
     import transformers
 
-    from microgpt.model import load_model
+    from microgpt.io.loading import load_model
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)

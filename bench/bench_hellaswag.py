@@ -20,10 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import shared_file  # noqa: E402
-
+from microgpt.core.model import GPT, GPTConfig  # noqa: E402
+from microgpt.core.tokenizer import CharTokenizer, TiktokenTokenizer  # noqa: E402
 from microgpt.evals.hellaswag import encode_examples, evaluate, read_examples  # noqa: E402
-from microgpt.model import GPT, GPTConfig  # noqa: E402
-from microgpt.tokenizer import CharTokenizer, TiktokenTokenizer  # noqa: E402
 
 NANO = dict(n_layer=4, n_head=4, n_embd=128, block_size=128)
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)

@@ -1,5 +1,5 @@
 """Memory: peak RSS of a `gpt2_124m` training step at micro-batch 1 x 1024 on CPU, next to the
-estimate `microgpt.plan.make_plan` gives for the same run, and the plan it prints for 8 x H200.
+estimate `microgpt.lightning.plan.make_plan` gives for the same run, and the plan it prints for 8 x H200.
 
     python bench/bench_memory.py [--steps 2]
 
@@ -19,7 +19,7 @@ from common import REPO, Row, compose_train, print_rows
 
 STEP = r"""
 import json, sys, torch
-from microgpt.model import GPT, GPTConfig
+from microgpt.core.model import GPT, GPTConfig
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
 rss = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 before = rss()
@@ -37,10 +37,10 @@ print(json.dumps({"before": before, "peak": rss(), "params": model.count_params(
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
-    from microgpt.model import GPTConfig
-    from microgpt.plan import make_plan
-    from microgpt.training import model_settings
-    from microgpt.tokenizer import TiktokenTokenizer
+    from microgpt.core.model import GPTConfig
+    from microgpt.core.tokenizer import TiktokenTokenizer
+    from microgpt.lightning.plan import make_plan
+    from microgpt.lightning.training import model_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)

@@ -3,7 +3,7 @@ and with bf16 autocast, against this machine's measured matmul peak in the same 
 
     python bench/bench_mfu.py [--reps 3] [--gpt2-seq 1024]
 
-FLOPs per token and the peak come from `microgpt.flops` (the same numbers the Throughput callback
+FLOPs per token and the peak come from `microgpt.core.flops` (the same numbers the Throughput callback
 logs as train/mfu): `flops_per_token(config, T)` x tokens / step seconds / `measure_matmul_flops`.
 A step is forward, backward and a fused AdamW update; fp32 and bf16 steps alternate. On a shared
 machine the peak moves with the load, so it is measured again right before every timed step and
@@ -17,7 +17,6 @@ import contextlib
 import time
 
 import torch
-
 from common import Row, interleaved, median, print_rows
 
 # (label, model settings, micro-batch, sequence length)
@@ -37,8 +36,8 @@ def training_step(model, optimizer, batch: torch.Tensor, bf16: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
-    from microgpt.flops import flops_per_token, measure_matmul_flops
-    from microgpt.model import GPT, GPTConfig
+    from microgpt.core.flops import flops_per_token, measure_matmul_flops
+    from microgpt.core.model import GPT, GPTConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)

@@ -23,8 +23,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from microgpt.config import CONFIG_DIR  # noqa: E402
-from microgpt.training import train  # noqa: E402
+from microgpt.cli.overrides import CONFIG_DIR  # noqa: E402
+from microgpt.lightning.training import train  # noqa: E402
 
 VARIANTS = {
     "no logger": ["~logger", "callbacks.lr_monitor=null"],

@@ -3,9 +3,9 @@ PyTorch loop, on CPU, for `model=nano` and `model=micro`.
 
     python bench/bench_overhead.py [--reps 3] [--models nano micro]
 
-Both sides train the same `microgpt.model.GPT` on the same tokens (the default corpus, character
+Both sides train the same `microgpt.core.model.GPT` on the same tokens (the default corpus, character
 tokenizer), same micro-batch, fused AdamW with the same groups, LR schedule and gradient clipping
-at 1.0, fp32. The framework side is `microgpt.training.train` on the composed `train` config
+at 1.0, fp32. The framework side is `microgpt.lightning.training.train` on the composed `train` config
 (Lightning Trainer, every default callback, CSV logger) exactly as `python -m microgpt.train`
 runs it. Steady state: the first `--skip` steps of each run (start-up, first calls) are left out;
 the rate is the mean period from one batch end to the next over the remaining steps, so data
@@ -21,7 +21,6 @@ import tempfile
 import time
 
 import torch
-
 from common import Row, compose_train, interleaved, median, print_rows, with_step_clock
 
 # (micro-batch, timed steps) per model: a few seconds of steady state each on 2 CPU cores.
@@ -29,8 +28,8 @@ SHAPES = {"nano": (16, 20), "micro": (4, 6)}
 
 
 def framework_run(model: str, batch: int, steps: int, skip: int):
-    """Seconds per steady-state step of `microgpt.training.train`, and its `StepClock`."""
-    from microgpt.training import train
+    """Seconds per steady-state step of `microgpt.lightning.training.train`, and its `StepClock`."""
+    from microgpt.lightning.training import train
 
     total = skip + steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,7 +44,7 @@ def framework_run(model: str, batch: int, steps: int, skip: int):
 
 def hand_written_run(tokens: torch.Tensor, block: int, settings: dict, batch: int, steps: int, skip: int) -> float:
     """nanoGPT-style: random windows from a tensor, forward, backward, clip, fused AdamW step."""
-    from microgpt.model import GPT, GPTConfig
+    from microgpt.core.model import GPT, GPTConfig
 
     torch.manual_seed(1337)
     model = GPT(GPTConfig.from_dict(settings))
@@ -86,12 +85,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows, detail = [], []
     for model in args.models:
         batch, steps = SHAPES[model]
-        per_step: dict[str, list[float]] = {"microgpt.training.train": [], "hand-written loop": []}
+        per_step: dict[str, list[float]] = {"microgpt.lightning.training.train": [], "hand-written loop": []}
         seen = {}
 
         def framework():
             seconds, clock = framework_run(model, batch, steps, args.skip)
-            per_step["microgpt.training.train"].append(seconds)
+            per_step["microgpt.lightning.training.train"].append(seconds)
             data = clock.datamodule  # the hand-written loop trains on exactly these tokens and settings
             seen.update(tokens=torch.from_numpy(data.train_tokens.astype("int64")), block=data.block_size,
                         settings=clock.model_settings)
@@ -104,13 +103,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
         block = seen["block"]
         tokens_per_step = batch * block
         rates = {name: [tokens_per_step / s for s in values] for name, values in per_step.items()}
-        ratios = [f / h for f, h in zip(rates["microgpt.training.train"], rates["hand-written loop"])]
+        ratios = [f / h for f, h in zip(rates["microgpt.lightning.training.train"], rates["hand-written loop"])]
         ratio = median(ratios)
         for name, values in rates.items():
             detail.append(Row("overhead", f"{model} ({batch} x {block}), {name}",
                               f"{median(values):,.0f} tok/s (runs: {', '.join(f'{v:,.0f}' for v in values)})"))
         rows.append(Row("overhead", f"{model} ({batch} x {block}): framework / hand-written tokens/s",
-                        f"{ratio:.3f}x ({median(rates['microgpt.training.train']):,.0f} vs "
+                        f"{ratio:.3f}x ({median(rates['microgpt.lightning.training.train']):,.0f} vs "
                         f"{median(rates['hand-written loop']):,.0f} tok/s; per-rep ratios "
                         f"{', '.join(f'{r:.2f}' for r in ratios)})", ">= 0.95x", ratio >= 0.95))
     print_rows(f"Framework overhead, CPU, fp32, {args.reps} interleaved reps, steady state after {args.skip} steps",

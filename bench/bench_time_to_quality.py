@@ -6,7 +6,7 @@ val loss at 2000 iterations.
     python bench/bench_time_to_quality.py            # full: 2000 iterations per variant (minutes)
     python bench/bench_time_to_quality.py --quick    # 60 iterations, 3 reps: speed of each variant only
 
-Variants, run alternately in one process through the real training path (`microgpt.training.train`
+Variants, run alternately in one process through the real training path (`microgpt.lightning.training.train`
 on `experiment=shakespeare_char`, evaluation every 250 steps on 20 batches, as the preset does):
 - `reference`: the preset's exact hyper-parameters, fp32, eager (fused AdamW is our default);
 - `bf16-mixed` (with --variants): the same plus `trainer.precision=bf16-mixed` (autocast on CPU; foreach AdamW, see BF16);
@@ -24,6 +24,7 @@ import tempfile
 import time
 
 from common import Row, compose_train, load_average, median, print_rows, with_step_clock
+
 from conftest import shared_file
 
 REFERENCE_SECONDS, REFERENCE_LOSS, TARGET_LOSS = 121.0, 1.8857, 1.88
@@ -39,7 +40,7 @@ VARIANTS = {
 
 
 def run(overrides: list[str], iterations: int) -> dict:
-    from microgpt.training import train
+    from microgpt.lightning.training import train
 
     corpus = shared_file("tinyshakespeare.txt")
     with tempfile.TemporaryDirectory() as tmp:

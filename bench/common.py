@@ -121,7 +121,7 @@ def compose_train(*overrides: str):
     """The real train config, composed as `python -m microgpt.train` composes it."""
     from hydra import compose, initialize_config_dir
 
-    from microgpt.config import CONFIG_DIR
+    from microgpt.cli.overrides import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from microgpt.config import CONFIG_DIR
+from microgpt.cli.overrides import CONFIG_DIR
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -75,7 +75,7 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict 
 
 def compose_train(*overrides: str, output_dir: Path | None = None):
     """The real train config, composed as `python -m microgpt.train` would, for in-process runs."""
-    from microgpt.config import quote_numeric_choices
+    from microgpt.cli.overrides import quote_numeric_choices
 
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -98,7 +98,7 @@ def assert_resume_is_exact(overrides: list[str], tmp_path: Path, resume_step: in
     first run: the final weights must be the same (and must have moved since that checkpoint)."""
     import torch
 
-    from microgpt.training import train
+    from microgpt.lightning.training import train
 
     train(compose_train(*overrides, output_dir=tmp_path / "straight"))
     middle = tmp_path / "straight" / "checkpoints" / f"step{resume_step:06d}.ckpt"

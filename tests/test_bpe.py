@@ -11,10 +11,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, assert_clean_error, run_cli, shared_file
-from microgpt.bpe import PATTERNS, BPETokenizer, train_bpe
-from microgpt.checkpoint import read_checkpoint
-from microgpt.errors import ConfigError, DataError
-from microgpt.tokenizer import ENDOFTEXT, build_tokenizer, load_tokenizer, tokenizer_from_state
+from microgpt.core.bpe import PATTERNS, BPETokenizer, train_bpe
+from microgpt.core.errors import ConfigError, DataError
+from microgpt.core.tokenizer import ENDOFTEXT
+from microgpt.core.tokenizers import build_tokenizer, load_tokenizer, tokenizer_from_state
+from microgpt.io.checkpoints import read_checkpoint
 
 TRICKY = [
     "", " ", "\n\n", "hello world", "naïve café", "e\u0301\u0301 a\u0308", "🙂", "👩‍👩‍👧‍👦 family",
@@ -184,11 +185,11 @@ def test_bad_training_settings_are_config_errors(corpus):
 
 def test_custom_pattern_that_the_trainer_reads_differently_is_warned_about(corpus, caplog):
     # Oniguruma (inside `tokenizers`) reads `{1,3}+` as "repeat", tiktoken as a possessive {1,3}.
-    with caplog.at_level(logging.WARNING, logger="microgpt.bpe"):
+    with caplog.at_level(logging.WARNING, logger="microgpt.core.bpe"):
         tok = train_bpe([corpus[:5000] + " 12345678"], vocab_size=300, pattern=r"\p{N}{1,3}+|\s+|\p{L}+|.", show_progress=False)
     assert "splits text differently" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="microgpt.bpe"):
+    with caplog.at_level(logging.WARNING, logger="microgpt.core.bpe"):
         tok = train_bpe([corpus[:5000] + " 12345678"], vocab_size=300, pattern=r"\p{N}{1,3}|\s+|\p{L}+|.", show_progress=False)
     assert "splits text differently" not in caplog.text
     assert tok.encode("12345678") == reference_encode(tok, "12345678")

@@ -16,9 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (TINY, assert_clean_error, assert_same_weights, compose_train, finish, free_port, popen,
-                      run_cli, wait_for)
-from microgpt.training import train
+from conftest import (
+    TINY,
+    assert_clean_error,
+    assert_same_weights,
+    compose_train,
+    finish,
+    free_port,
+    popen,
+    run_cli,
+    wait_for,
+)
+from microgpt.lightning.training import train
 
 FAULT = [*TINY, "callbacks.text_samples=null", "model.dropout=0.1", "eval_every=1000"]
 
@@ -197,7 +206,7 @@ def micro_batch_losses(cfg, count: int) -> list[float]:
     import lightning as L
 
     from microgpt.data.packing import PackedWindows, StepIndexedSampler
-    from microgpt.training import build_datamodule, build_module, training_tokenizer
+    from microgpt.lightning.training import build_datamodule, build_module, training_tokenizer
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed)

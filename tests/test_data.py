@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from microgpt.data import TextDataModule
+from microgpt.core.errors import ConfigError, DataError
+from microgpt.core.tokenizer import CharTokenizer
 from microgpt.data.packing import PackedWindows, StepIndexedSampler, tokenize_documents
 from microgpt.data.sources import documents_from, pydoc_documents
-from microgpt.errors import ConfigError, DataError
-from microgpt.tokenizer import CharTokenizer
+from microgpt.lightning.datamodule import TextDataModule
 
 
 def test_default_corpus_is_real_english_shipped_with_python():

@@ -9,12 +9,12 @@ import pytest
 from torch.utils.data import DataLoader
 
 from conftest import TINY, assert_clean_error, assert_resume_is_exact, run_cli
-from microgpt.data import TextDataModule
+from microgpt.core.errors import ConfigError, DataError
+from microgpt.core.tokenizer import TiktokenTokenizer
 from microgpt.data.packing import tokenize_documents
 from microgpt.data.shards import TokenShards
 from microgpt.data.streaming import StreamingWindows, pack
-from microgpt.errors import ConfigError, DataError
-from microgpt.tokenizer import TiktokenTokenizer
+from microgpt.lightning.datamodule import TextDataModule
 
 TOK = TiktokenTokenizer("gpt2")
 DOCS = [f"Document number {i} says: " + "lorem ipsum dolor sit amet " * (1 + i % 7) for i in range(40)]

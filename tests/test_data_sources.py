@@ -9,9 +9,9 @@ import time
 import pytest
 
 from conftest import TINY, assert_clean_error, compose_train, run_cli
+from microgpt.core.errors import DataError
 from microgpt.data.sources import documents_from
-from microgpt.download import cache_path_for, fetch
-from microgpt.errors import DataError
+from microgpt.io.download import cache_path_for, fetch
 
 BODY = ("The quick brown fox jumps over the lazy dog. " * 400).encode()
 

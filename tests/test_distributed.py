@@ -8,9 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (TINY, assert_clean_error, assert_same_weights, compose_train, finish, free_port, popen,
-                      run_cli, wait_for, weights)
-from microgpt.training import train
+from conftest import (
+    TINY,
+    assert_clean_error,
+    assert_same_weights,
+    compose_train,
+    finish,
+    free_port,
+    popen,
+    run_cli,
+    wait_for,
+    weights,
+)
+from microgpt.lightning.training import train
 
 STEP_TINY = [*TINY, "callbacks.text_samples=null"]
 
@@ -28,7 +38,7 @@ def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, small_corpu
     # ... and the step did change the weights: rebuild the initial model exactly as train() does.
     import lightning as L
 
-    from microgpt.training import build_datamodule, build_module, training_tokenizer
+    from microgpt.lightning.training import build_datamodule, build_module, training_tokenizer
 
     cfg = compose_train(*common, output_dir=tmp_path / "init")
     L.seed_everything(cfg.seed)
@@ -111,8 +121,8 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path, small_corpus):
 
 
 def test_unwritable_checkpoint_directory_keeps_the_previous_checkpoint(tmp_path, small_corpus):
-    from microgpt.checkpoint_io import AtomicCheckpointIO
-    from microgpt.errors import CheckpointError
+    from microgpt.core.errors import CheckpointError
+    from microgpt.lightning.checkpoint_io import AtomicCheckpointIO
 
     target = tmp_path / "ckpts" / "last.ckpt"
     io = AtomicCheckpointIO()

@@ -23,11 +23,11 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 
 from conftest import OFFLINE_ENV, TINY, compose_train
-from microgpt.callbacks.samples import TextSamples
-from microgpt.checkpoint import model_from_checkpoint, read_checkpoint
+from microgpt.core.model import GPT, GPTConfig
 from microgpt.evals.hellaswag import evaluate_hellaswag
-from microgpt.model import GPT, GPTConfig
-from microgpt.module import unwrapped_name
+from microgpt.io.checkpoints import model_from_checkpoint, read_checkpoint
+from microgpt.lightning.callbacks.samples import TextSamples
+from microgpt.lightning.module import unwrapped_name
 
 TESTS = Path(__file__).resolve().parent
 MAX_STEPS = 3
@@ -226,7 +226,7 @@ def test_the_fsdp_checkpoint_loads_and_generates_in_one_process(fsdp_run):
 def test_the_gradient_norm_is_reported_once_per_step_with_clipping_off(tmp_path):
     """No clipping, 2 micro-batches per step, one process: the norm is still computed, once per
     optimizer step, from the whole accumulated gradient."""
-    from microgpt.training import train
+    from microgpt.lightning.training import train
 
     train(compose_train(*TINY, "callbacks.text_samples=null", "trainer.gradient_clip_val=null",
                         f"max_steps={MAX_STEPS}", f"eval_every={MAX_STEPS}", f"checkpoint_every={MAX_STEPS}",

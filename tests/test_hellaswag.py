@@ -16,14 +16,20 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from conftest import TINY, assert_clean_error, run_cli, shared_file
-from microgpt.errors import ConfigError, DataError
+from microgpt.core.errors import ConfigError, DataError
+from microgpt.core.model import GPT, GPTConfig
+from microgpt.core.tokenizer import CharTokenizer
 from microgpt.evals.hellaswag import (
-    EncodedExample, encode_examples, ending_losses, evaluate, evaluate_hellaswag, load_examples,
-    predictions, read_examples, score_shard,
+    EncodedExample,
+    encode_examples,
+    ending_losses,
+    evaluate,
+    evaluate_hellaswag,
+    load_examples,
+    predictions,
+    read_examples,
+    score_shard,
 )
-from microgpt.model import GPT, GPTConfig
-from microgpt.tokenizer import CharTokenizer
-
 
 # Tiny models run fastest on one thread, especially on a machine shared with other jobs.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -351,7 +357,7 @@ def trained_run(tmp_path_factory, hellaswag_path):
 
 
 def test_the_callback_logs_hellaswag_every_n_steps_and_at_the_end(trained_run, hellaswag_path):
-    from microgpt.model import load_model
+    from microgpt.io.loading import load_model
 
     _, run_dir, _ = trained_run
     acc, acc_norm = metric_rows(run_dir, "hellaswag/acc"), metric_rows(run_dir, "hellaswag/acc_norm")

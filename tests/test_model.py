@@ -2,9 +2,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from microgpt.config import CONFIG_DIR
-from microgpt.errors import ConfigError
-from microgpt.model import GPT, GPTConfig, RotaryEmbedding
+from microgpt.cli.overrides import CONFIG_DIR
+from microgpt.core.errors import ConfigError
+from microgpt.core.model import GPT, GPTConfig, RotaryEmbedding
 
 # Published parameter counts of OpenAI's GPT-2 checkpoints (learned positions, vocab 50257, no padding).
 HF_GPT2_PARAMS = {"gpt2_124m": 124_439_808, "gpt2_350m": 354_823_168, "gpt2_774m": 774_030_080, "gpt2_1558m": 1_557_611_200}
@@ -136,7 +136,7 @@ def test_top_k_one_is_greedy_and_seeds_reproduce():
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from microgpt.model import sample_next
+    from microgpt.core.sampling import sample_next
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)

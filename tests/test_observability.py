@@ -15,12 +15,12 @@ import matplotlib.image
 import pytest
 import torch
 
+import wandb_offline
 from conftest import TINY, assert_clean_error, run_cli, shared_file
-from microgpt import wandb_offline
-from microgpt.callbacks.progress import StepLogLines, StepProgressBar, progress_bar
-from microgpt.errors import ConfigError
-from microgpt.flops import flops_per_token, gpu_peak_flops, measure_matmul_flops, param_count, resolve_peak_flops
-from microgpt.model import GPT, GPTConfig
+from microgpt.core.errors import ConfigError
+from microgpt.core.flops import flops_per_token, gpu_peak_flops, measure_matmul_flops, param_count, resolve_peak_flops
+from microgpt.core.model import GPT, GPTConfig
+from microgpt.lightning.callbacks.progress import StepLogLines, StepProgressBar, progress_bar
 
 FAKE_KEY = "fakekey0123456789abcdef0123456789abcdef0"  # 40 characters, like a real W&B key
 PEAK = 1e10  # a given peak FLOP/s, so MFU is exactly checkable
@@ -241,7 +241,7 @@ def test_plot_a_sweep_with_a_soup_report_and_resume_continues_the_wandb_run(tmp_
 
     # Resuming job 0 in its own directory continues its W&B run, and its metrics.csv.
     resumed = run_cli("train", *common, "seed=1", "max_steps=9", "ckpt_path=last", f"hydra.run.dir={sweep / '0'}",
-                      "logger.csv._target_=microgpt.loggers.ResumableCSVLogger", cwd=tmp_path)
+                      "logger.csv._target_=microgpt.lightning.loggers.ResumableCSVLogger", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     files = wandb_offline.run_files(sweep / "0")
     assert len(files) == 2 and all(f.name == f"run-{runs[0].run_id}.wandb" for f in files)
@@ -296,7 +296,7 @@ def test_offline_reader_reassembles_records_split_across_blocks(tmp_path):
 
 
 def test_long_config_values_are_shortened_for_the_dashboard():
-    from microgpt.loggers import shorten_long_values
+    from microgpt.lightning.loggers import shorten_long_values
 
     config = {"tokenizer": {"kind": "bpe", "merges": [[1, 2]] * 500, "pattern": "p" * 300}, "model": {"n_layer": 2}}
     assert shorten_long_values(config) == {

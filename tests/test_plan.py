@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import compose_train, run_cli
-from microgpt.config import available_options
-from microgpt.errors import ConfigError
-from microgpt.model import GPT, GPTConfig
-from microgpt.plan import make_plan
-from microgpt.training import model_settings
-from microgpt.tokenizer import TiktokenTokenizer
+from microgpt.cli.overrides import available_options
+from microgpt.core.errors import ConfigError
+from microgpt.core.model import GPT, GPTConfig
+from microgpt.core.tokenizer import TiktokenTokenizer
+from microgpt.lightning.plan import make_plan
+from microgpt.lightning.training import model_settings
 
 GPT2 = TiktokenTokenizer("gpt2")
 

@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from conftest import TINY, assert_clean_error, compose_train, run_cli
-from microgpt.errors import CheckpointError, ConfigError
-from microgpt.model import GPT, GPTConfig, PretrainedModelConfig, load_model
-from microgpt.pretrained import export
-from microgpt.tokenizer import CharTokenizer, TiktokenTokenizer
+from microgpt.core.errors import CheckpointError, ConfigError
+from microgpt.core.model import GPT, GPTConfig
+from microgpt.core.tokenizer import CharTokenizer, TiktokenTokenizer
+from microgpt.io.export import export
+from microgpt.io.loading import load_model
+from microgpt.io.pretrained import PretrainedModelConfig
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -229,7 +231,7 @@ def val_losses(run_dir: Path) -> list[float]:
 
 def hf_val_loss(hf, overrides: list[str]) -> float:
     """The transformers model's loss on exactly the validation batches training evaluates."""
-    from microgpt.training import build_datamodule, training_tokenizer
+    from microgpt.lightning.training import build_datamodule, training_tokenizer
 
     cfg = compose_train(*overrides)
     datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed)
@@ -247,7 +249,7 @@ def hf_val_loss(hf, overrides: list[str]) -> float:
 
 
 def test_fine_tune_from_a_hf_directory_then_from_its_checkpoint(tmp_path, small_corpus):
-    from microgpt.training import train
+    from microgpt.lightning.training import train
 
     pretrained = tmp_path / "pretrained"
     hf = save_hf_gpt2(pretrained, seed=3, initializer_range=0.2)
@@ -271,7 +273,7 @@ def test_fine_tune_from_a_hf_directory_then_from_its_checkpoint(tmp_path, small_
 
 
 def test_fine_tune_with_a_mismatched_model_names_the_overrides(tmp_path, small_corpus, hf_dir):
-    from microgpt.pretrained import initial_weights
+    from microgpt.io.init_from import initial_weights
 
     result = run_cli("train", *TINY, "data=files", f"data.paths=[{small_corpus}]", f"init_from={hf_dir[0]}",
                      cwd=tmp_path)  # the default RoPE char model
@@ -282,7 +284,7 @@ def test_fine_tune_with_a_mismatched_model_names_the_overrides(tmp_path, small_c
     with pytest.raises(ConfigError, match="override: model.n_embd=32 model.block_size=64$"):
         initial_weights(str(hf_dir[0]), wrong, gpt2)
     with pytest.raises(ConfigError, match="override: model=gpt2_124m model.pos_emb=learned tokenizer=gpt2"):
-        from microgpt.pretrained import check_same_network
+        from microgpt.io.init_from import check_same_network
 
         gpt2_124m = GPTConfig(pos_emb="learned", vocab_multiple=1)
         check_same_network("gpt2", gpt2_124m, gpt2, GPTConfig(vocab_size=65, **TINY_SHAPE), CharTokenizer("abc"))

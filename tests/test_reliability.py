@@ -60,8 +60,8 @@ import pytest
 import torch
 
 from conftest import OFFLINE_ENV, TINY, assert_clean_error, compose_train, run_cli
-from microgpt.errors import CheckpointError, ConfigError, DataError
-from microgpt.training import train
+from microgpt.core.errors import CheckpointError, ConfigError, DataError
+from microgpt.lightning.training import train
 
 QUICK = [*TINY, "callbacks.text_samples=null"]
 FAKE_WANDB_KEY = "wandbfake" + "7" * 31  # 40 characters, like a real key
@@ -97,7 +97,7 @@ def closed_port() -> int:
      ["could not download", "refused"]),
 ])
 def test_bad_settings_are_user_errors_that_name_the_fix(tmp_path, small_corpus, monkeypatch, args, error, words):
-    monkeypatch.setattr("microgpt.download.DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.setattr("microgpt.io.download.DEFAULT_CACHE", tmp_path / "cache")
     args = [a.replace("{port}", str(closed_port())) for a in args]
     data = [] if any(a.startswith("data=") for a in args) else files_data(small_corpus)
     with pytest.raises(error) as raised:
@@ -264,7 +264,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, small_co
 
 def test_a_checkpoint_folder_that_cannot_be_created_is_a_clear_error(tmp_path):
     """Works as root too (where a read-only folder does not stop writes): `checkpoints` is a file."""
-    from microgpt.checkpoint_io import AtomicCheckpointIO
+    from microgpt.lightning.checkpoint_io import AtomicCheckpointIO
 
     (tmp_path / "checkpoints").write_text("not a folder")
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.ckpt \(File exists"):
@@ -308,7 +308,7 @@ def evil(tmp_path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
 def test_read_checkpoint_refuses_code(tmp_path, legacy):
-    from microgpt.checkpoint import read_checkpoint
+    from microgpt.io.checkpoints import read_checkpoint
 
     marker = tmp_path / "pwned"
     path = crafted_checkpoint(tmp_path / "evil.ckpt", marker, legacy=legacy)
@@ -319,8 +319,8 @@ def test_read_checkpoint_refuses_code(tmp_path, legacy):
 
 def test_every_library_load_path_refuses_code(tmp_path, small_corpus, evil):
     path, marker = evil
-    from microgpt.language_model import load_model  # generate, eval and export load through it
-    from microgpt.soup import read_ingredients
+    from microgpt.io.loading import load_model  # generate, eval and export load through it
+    from microgpt.souping.average import read_ingredients
 
     with pytest.raises(CheckpointError, match="refused"):
         load_model(path)

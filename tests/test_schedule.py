@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from microgpt.errors import ConfigError
-from microgpt.schedule import WarmupCosine
+from microgpt.core.errors import ConfigError
+from microgpt.core.schedule import WarmupCosine
 
 
 def test_warmup_then_cosine_to_the_floor():

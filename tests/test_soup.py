@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import TINY, assert_clean_error, compose_train, run_cli
-from microgpt.model import load_model
-from microgpt.soup import average
-from microgpt.training import train
+from microgpt.io.loading import load_model
+from microgpt.lightning.training import train
+from microgpt.souping.average import average
 
 SOUP_TINY = [*TINY, "data.batch_size=8", "eval_batches=4", "callbacks.text_samples=null"]
 
@@ -139,9 +139,9 @@ def test_stage_configs_compose_for_the_gpu_recipe():
     assert cfg.data.sources[0].kind == "mixture" and cfg.optim.lr < compose_train("stage=1").optim.lr
     from hydra import compose, initialize_config_dir
 
-    from microgpt.config import CONFIG_DIR
+    from microgpt.cli.overrides import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         hcfg = compose("train", overrides=["stage='2'", "init_from=x.ckpt", "trainer=slurm"], return_hydra_config=True)
-    assert hcfg.hydra.callbacks.soup._target_ == "microgpt.soup.SoupCallback"
+    assert hcfg.hydra.callbacks.soup._target_ == "microgpt.souping.callback.SoupCallback"
     assert hcfg.hydra.launcher._target_.endswith("SlurmLauncher")

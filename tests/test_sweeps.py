@@ -13,11 +13,12 @@ from hydra.types import RunMode
 from omegaconf import open_dict
 
 from conftest import TINY, finish, popen
-from microgpt.cli import FAILED_MARKER, failed_jobs, keep_sweeping
-from microgpt.errors import ConfigError, Interrupted, Requeued, report_user_errors
+from microgpt.cli.command import keep_sweeping
+from microgpt.core.errors import ConfigError, Interrupted, Requeued, report_user_errors
+from microgpt.io.run_dir import FAILED_MARKER, failed_jobs
 
 SHORT = [*TINY, "max_steps=4", "eval_every=2", "checkpoint_every=2", "callbacks.text_samples=null", "data=files"]
-SOUP = "+hydra.callbacks.soup._target_=microgpt.soup.SoupCallback"
+SOUP = "+hydra.callbacks.soup._target_=microgpt.souping.callback.SoupCallback"
 
 
 def train(*args: str, cwd: Path, timeout: float = 240) -> tuple[int, str, str]:
@@ -86,7 +87,7 @@ def multirun_job(tmp_path):
     """This process as job #4 of a multirun, with its job directory under tmp_path."""
     from hydra import compose, initialize_config_dir
 
-    from microgpt.config import CONFIG_DIR
+    from microgpt.cli.overrides import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True)
@@ -161,7 +162,7 @@ def test_ddp_ranks_compose_from_the_users_config_dir_and_name(tmp_path, small_co
 def test_child_ranks_get_the_options_that_chose_the_config():
     from omegaconf import OmegaConf
 
-    from microgpt.distributed import config_args
+    from microgpt.cli.ddp import config_args
 
     hydra_cfg = OmegaConf.create({
         "runtime": {"config_sources": [

@@ -2,14 +2,9 @@ import json
 
 import pytest
 
-from microgpt.errors import DataError
-from microgpt.tokenizer import (
-    CharTokenizer,
-    TiktokenTokenizer,
-    build_tokenizer,
-    load_tokenizer,
-    tokenizer_from_state,
-)
+from microgpt.core.errors import DataError
+from microgpt.core.tokenizer import CharTokenizer, TiktokenTokenizer
+from microgpt.core.tokenizers import build_tokenizer, load_tokenizer, tokenizer_from_state
 
 
 def test_gpt2_hello_world():

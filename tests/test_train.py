@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import TINY, assert_clean_error, assert_resume_is_exact, compose_train, run_cli
-from microgpt.model import load_model
-from microgpt.training import train
+from microgpt.io.loading import load_model
+from microgpt.lightning.training import train
 
 
 def val_losses(run_dir: Path) -> list[float]:

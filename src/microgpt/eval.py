@@ -2,7 +2,7 @@
 
 from omegaconf import DictConfig
 
-from microgpt.cli import hydra_command
+from microgpt.cli.command import hydra_command
 
 
 @hydra_command("eval")

@@ -2,13 +2,13 @@
 
 from omegaconf import DictConfig
 
-from microgpt.cli import hydra_command
+from microgpt.cli.command import hydra_command
 
 
 @hydra_command("export")
 def main(cfg: DictConfig) -> None:
-    from microgpt.language_model import load_model
-    from microgpt.pretrained import export
+    from microgpt.io.export import export
+    from microgpt.io.loading import load_model
 
     lm = load_model(cfg.ckpt)
     for path in export(lm.model, lm.tokenizer, cfg.out):

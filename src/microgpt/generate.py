@@ -5,14 +5,14 @@ import sys
 
 from omegaconf import DictConfig
 
-from microgpt.cli import hydra_command
-from microgpt.errors import ConfigError
+from microgpt.cli.command import hydra_command
+from microgpt.core.errors import ConfigError
 
 
 @hydra_command("generate")
 def main(cfg: DictConfig) -> None:
-    from microgpt.language_model import load_model
-    from microgpt.model import check_sampling
+    from microgpt.core.sampling import check_sampling
+    from microgpt.io.loading import load_model
 
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from microgpt.cli import hydra_command
+from microgpt.cli.command import hydra_command
 
 
 @hydra_command("prepare")

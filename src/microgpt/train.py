@@ -2,13 +2,13 @@
 
 from omegaconf import DictConfig
 
-from microgpt.cli import hydra_command
+from microgpt.cli.command import hydra_command
 
 
 @hydra_command("train")
 def main(cfg: DictConfig) -> float | None:
-    from microgpt.distributed import install_hydra_ddp_fix
-    from microgpt.training import train  # heavy imports after Hydra has parsed the command line
+    from microgpt.cli.ddp import install_hydra_ddp_fix
+    from microgpt.lightning.training import train  # heavy imports after Hydra has parsed the command line
 
     install_hydra_ddp_fix()
     return train(cfg).get("val/loss")

@@ -7,15 +7,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from microgpt.cli import hydra_command
-from microgpt.errors import ConfigError
+from microgpt.cli.command import hydra_command
+from microgpt.core.errors import ConfigError
 
 
 @hydra_command("train_tokenizer")
 def main(cfg: DictConfig) -> None:
-    from microgpt.bpe import train_bpe
-    from microgpt.config import to_plain
+    from microgpt.core.bpe import train_bpe
     from microgpt.data.sources import documents_from
+    from microgpt.io.config import to_plain
 
     settings = to_plain(cfg.tokenizer)
     if settings.get("kind") != "bpe" or not settings.get("out"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from microgpt.data.sources import record_texts
-from microgpt.errors import ConfigError, DataError
+from microgpt.core.errors import ConfigError, DataError
+from microgpt.data.records import record_texts
 
 
 def hf_documents(source: dict) -> Iterator[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from microgpt.tokenizer import Tokenizer
+from microgpt.core.tokenizer import Tokenizer
 
 
 def token_dtype(tokenizer: Tokenizer) -> type:

@@ -10,12 +10,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from microgpt.config import to_plain
+from microgpt.core.errors import ConfigError, DataError, require_positive_int
+from microgpt.core.tokenizers import build_tokenizer, load_tokenizer
 from microgpt.data.packing import token_dtype, tokenized_chunks
 from microgpt.data.shards import write_manifest, write_split
 from microgpt.data.sources import documents_from
-from microgpt.errors import ConfigError, DataError, require_positive_int
-from microgpt.tokenizer import build_tokenizer, load_tokenizer
+from microgpt.io.config import to_plain
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from typing import Iterable
 
 import numpy as np
 
-from microgpt.errors import DataError
-from microgpt.tokenizer import Tokenizer, tokenizer_from_state
+from microgpt.core.errors import DataError
+from microgpt.core.tokenizer import Tokenizer
+from microgpt.core.tokenizers import tokenizer_from_state
 
 MANIFEST = "manifest.json"
 FORMAT = "microgpt-token-shards"

@@ -9,9 +9,10 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
-from microgpt.errors import ConfigError, DataError
+from microgpt.core.errors import ConfigError, DataError
+from microgpt.data.records import record_texts
 
 TEXT_SUFFIXES = {".txt", ".md", ".text", ""}
 JSON_SUFFIXES = {".jsonl", ".json"}
@@ -55,7 +56,7 @@ def _documents(source: dict) -> Iterator[str]:
 
 def url_documents(source: dict) -> Iterator[str]:
     """A file over HTTP(S), downloaded once into the cache, then read like a local file."""
-    from microgpt.download import fetch
+    from microgpt.io.download import fetch
 
     url = source.get("url")
     if not url:
@@ -183,16 +184,3 @@ def json_documents(path: Path, text_field: str, is_array: bool = False) -> Itera
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n} is not valid JSON ({e}); fix or remove that line") from None
     yield from record_texts(records, text_field, str(path))
-
-
-def record_texts(records: Iterable, text_field: str, where: str) -> Iterator[str]:
-    """Each record's `text_field` string; records without one are skipped and counted in one warning."""
-    missing = 0
-    for record in records:
-        value = record.get(text_field) if isinstance(record, dict) else None
-        if isinstance(value, str):
-            yield value
-        else:
-            missing += 1
-    if missing:
-        warnings.warn(f"{where}: skipped {missing} records without a string field {text_field!r}", stacklevel=3)

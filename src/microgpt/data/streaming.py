@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from microgpt.core.tokenizer import Tokenizer
 from microgpt.data.packing import tokenized_chunks
 from microgpt.data.sources import documents_from
-from microgpt.tokenizer import Tokenizer
 
 
 def documents_after(sources: list[dict], skip: int) -> Iterator[str]:

@@ -30,10 +30,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from microgpt.download import fetch
-from microgpt.errors import ConfigError, DataError
-from microgpt.model import GPT
-from microgpt.tokenizer import Tokenizer
+from microgpt.core.errors import ConfigError, DataError
+from microgpt.core.model import GPT
+from microgpt.core.tokenizer import Tokenizer
+from microgpt.io.download import fetch
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Iterable
 
 import torch
 
-from microgpt.errors import DataError
-from microgpt.model import GPT
+from microgpt.core.errors import DataError
+from microgpt.core.model import GPT
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from microgpt.config import to_plain
-from microgpt.errors import ConfigError
+from microgpt.core.errors import ConfigError
+from microgpt.core.language_model import LanguageModel
 from microgpt.evals.hellaswag import evaluate_hellaswag
 from microgpt.evals.perplexity import held_out_loss
-from microgpt.language_model import LanguageModel, load_model
+from microgpt.io.config import to_plain
+from microgpt.io.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,13 @@ def check_tasks(tasks) -> list[str]:
 
 def val_loss_task(lm: LanguageModel, data: DictConfig, seed: int, max_batches: int | None) -> dict:
     """Held-out loss on `data=`'s validation split, tokenized with the model's own tokenizer."""
-    from microgpt.training import build_datamodule
+    from microgpt.data.text_data import build_text_data
 
     window = lm.model.config.block_size
     block_size = data.get("block_size") or window
     if block_size > window:
         raise ConfigError(f"data.block_size={block_size} is above the model's context ({window}); lower it or leave it null")
-    datamodule = build_datamodule(data, lm.tokenizer, seed, block_size=block_size)
+    datamodule = build_text_data(data, lm.tokenizer, seed, block_size=block_size)
     datamodule.load()
     return held_out_loss(lm.model, datamodule.val_dataloader(), max_batches).metrics()
 

@@ -1,0 +1,221 @@
+"""Training and validation windows from the configured sources, tokenized and packed; the
+LightningDataModule (microgpt.lightning.datamodule) adds only where the trainer says it is."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from microgpt.core.errors import ConfigError, DataError, require_positive_int
+from microgpt.core.tokenizer import Tokenizer
+from microgpt.core.tokenizers import build_tokenizer
+from microgpt.data.packing import PackedWindows, StepIndexedSampler, tokenize_documents
+from microgpt.data.shards import TokenShards
+from microgpt.data.sources import documents_from
+from microgpt.data.streaming import StreamingWindows
+
+log = logging.getLogger(__name__)
+
+
+MODES = ("memory", "stream", "shards")
+
+
+class TextData:
+    """Training and validation windows, in one of three modes:
+
+    - `memory` (default): every source is read and tokenized up front; validation is the last
+      `val_fraction` of the tokens (or `val_sources`). Random windows, reshuffled each epoch.
+    - `stream`: documents are read, tokenized and packed on the fly in DataLoader workers, each
+      rank and worker reading a disjoint part; validation is the first `val_documents` documents
+      (or `val_sources`). For corpora too large to tokenize up front.
+    - `shards`: token shards written by `python -m microgpt.prepare`, memory-mapped; random windows.
+
+    In every mode the data position follows from the optimizer step, so a resumed run sees
+    exactly the batches an uninterrupted run would have.
+    """
+
+    def __init__(
+        self,
+        sources: list[dict] | None,
+        tokenizer: dict | Tokenizer | None,
+        block_size: int,
+        batch_size: int,
+        val_fraction: float = 0.1,
+        val_sources: list[dict] | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        mode: str = "memory",
+        val_documents: int = 100,
+        shards_dir: str | None = None,
+        val_windows: int | None = None,
+    ) -> None:
+        require_positive_int("data.block_size", block_size)
+        require_positive_int("data.batch_size", batch_size)
+        if mode not in MODES:
+            raise ConfigError(f"data.mode must be one of {MODES}, got {mode!r}")
+        if mode == "memory" and not val_sources and not (isinstance(val_fraction, float) and 0.0 < val_fraction < 1.0):
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if mode == "shards" and not shards_dir:
+            raise ConfigError("data.mode=shards needs data.shards_dir (a directory written by python -m microgpt.prepare)")
+        self.sources = list(sources or [])
+        self.val_sources = list(val_sources or [])
+        if not self.sources and mode != "shards":
+            raise ConfigError("data.sources is empty: give at least one source (text, files, url, hf, mixture)")
+        # A config to build from, or a ready tokenizer (evaluating a checkpoint reuses its own).
+        self.tokenizer_cfg = tokenizer if isinstance(tokenizer, Tokenizer) else dict(tokenizer or {})
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.seed = seed
+        self.mode = mode
+        self.val_documents = val_documents
+        self.shards_dir = shards_dir
+        self.val_windows = val_windows  # None: every validation window
+        self.tokenizer: Tokenizer | None = None
+        self.train_tokens: np.ndarray | list[np.ndarray] | None = None  # None when streaming
+        self.val_tokens: np.ndarray | list[np.ndarray] | None = None
+
+    def load(self) -> Tokenizer:
+        """Read (and, except when streaming, tokenize) the data; returns the tokenizer, whose
+        vocabulary the model needs. Idempotent."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.mode == "shards":
+            self._load_shards()
+        elif self.mode == "stream":
+            self._load_stream()
+        else:
+            self._load_memory()
+        self._check_sizes()
+        return self.tokenizer
+
+    def _build_tokenizer(self, texts: list[str] | None) -> Tokenizer:
+        if isinstance(self.tokenizer_cfg, Tokenizer):
+            return self.tokenizer_cfg
+        return build_tokenizer(self.tokenizer_cfg, training_texts=texts)
+
+    def _load_memory(self) -> None:
+        train_docs = list(itertools.chain.from_iterable(documents_from(s) for s in self.sources))
+        val_docs = list(itertools.chain.from_iterable(documents_from(s) for s in self.val_sources))
+        if not any(d.strip() for d in train_docs):
+            raise DataError("the training corpus is empty: the configured data.sources contain no text")
+        self.tokenizer = self._build_tokenizer(train_docs + val_docs)
+        tokens = tokenize_documents(train_docs, self.tokenizer)
+        if val_docs:
+            self.train_tokens, self.val_tokens = tokens, tokenize_documents(val_docs, self.tokenizer)
+        else:
+            n_val = int(len(tokens) * self.val_fraction)
+            self.train_tokens, self.val_tokens = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+
+    def _load_stream(self) -> None:
+        if not isinstance(self.tokenizer_cfg, Tokenizer) and self.tokenizer_cfg.get("kind") == "char" \
+                and not self.tokenizer_cfg.get("path"):
+            raise ConfigError("a character tokenizer learns its vocabulary from the whole corpus, which streaming "
+                              "never holds: use data.mode=memory, or tokenizer=gpt2 / a saved tokenizer.path")
+        self.tokenizer = self._build_tokenizer(None)
+        if self.val_sources:
+            val_docs = itertools.chain.from_iterable(documents_from(s) for s in self.val_sources)
+        else:
+            val_docs = itertools.islice(itertools.chain.from_iterable(documents_from(s) for s in self.sources),
+                                        self.val_documents)
+        self.val_tokens = tokenize_documents(val_docs, self.tokenizer)
+
+    def _load_shards(self) -> None:
+        shards = TokenShards(self.shards_dir)
+        self.tokenizer = shards.tokenizer
+        wanted = self.tokenizer_cfg
+        if isinstance(wanted, Tokenizer):
+            wanted = wanted.state()
+        if wanted.get("kind") and wanted.get("kind") != "char" and not wanted.get("path") \
+                and build_tokenizer(wanted).state() != shards.tokenizer.state():
+            raise ConfigError(f"the shards in {self.shards_dir} were tokenized with {shards.tokenizer.state().get('kind')} "
+                              f"{shards.tokenizer.state().get('encoding', '')}, not the configured tokenizer; "
+                              f"prepare them again or pick the matching tokenizer=")
+        self.train_tokens, self.val_tokens = shards.arrays("train"), shards.arrays("val")
+
+    def _check_sizes(self) -> None:
+        need = self.block_size + 1
+        parts = [("validation", self.val_tokens)]
+        if self.train_tokens is not None:
+            parts.insert(0, ("training", self.train_tokens))
+        for name, part in parts:
+            if PackedWindows(part, self.block_size).n == 0:
+                size = len(part) if isinstance(part, np.ndarray) else sum(len(a) for a in part)
+                raise DataError(
+                    f"the {name} split has {size} tokens, fewer than one block of "
+                    f"data.block_size + 1 = {need}; add text or lower data.block_size"
+                )
+        log.info("data (%s): %s train tokens, %d val tokens, vocabulary %d", self.mode,
+                 "streamed" if self.train_tokens is None else f"{count_tokens(self.train_tokens):,}",
+                 count_tokens(self.val_tokens), self.tokenizer.vocab_size)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        return 0, 1  # one process; the LightningDataModule asks the trainer
+
+    def _micro_batches_done(self) -> int:
+        return 0
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_and_world()
+        common = dict(num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=self.num_workers > 0, generator=private_generator(self.seed))
+        if self.mode == "stream":
+            dataset = StreamingWindows(
+                self.sources, self.tokenizer, self.block_size, self.batch_size,
+                skip_documents=0 if self.val_sources else self.val_documents,
+                rank=rank, world_size=world, start_batches=self._micro_batches_done(),
+            )
+            return DataLoader(dataset, batch_size=self.batch_size, **common)
+        dataset = PackedWindows(self.train_tokens, self.block_size)
+        sampler = StepIndexedSampler(
+            len(dataset), self.batch_size, seed=self.seed,
+            start_micro_batch=self._micro_batches_done(), rank=rank, world_size=world,
+        )
+        return DataLoader(dataset, batch_sampler=sampler, **common)
+
+    def val_dataloader(self) -> DataLoader:
+        """The first `val_windows` validation windows, dealt round-robin to the ranks: the same
+        windows, so the same validation loss, at any world size."""
+        dataset = PackedWindows(self.val_tokens, self.block_size)
+        rank, world = self._rank_and_world()
+        total = len(dataset) if self.val_windows is None else min(len(dataset), self.val_windows)
+        indices = list(range(rank, total, world))
+        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        return DataLoader(dataset, batch_sampler=batches, num_workers=0, generator=private_generator(self.seed))
+
+def count_tokens(tokens) -> int:
+    return len(tokens) if isinstance(tokens, np.ndarray) else sum(len(a) for a in tokens)
+
+
+def private_generator(seed: int) -> torch.Generator:
+    """DataLoaders draw a seed from the global RNG each time they start iterating unless given their
+    own generator; that draw would shift dropout's random stream between a run and its resume."""
+    return torch.Generator().manual_seed(seed)
+
+
+def build_text_data(data, tokenizer: dict | Tokenizer, seed: int, block_size: int | None = None,
+                    val_windows: int | None = None, cls: type[TextData] = TextData) -> TextData:
+    """The windows a `data=` config describes; `tokenizer` is a config to build from or a ready
+    tokenizer (evaluating or fine-tuning a checkpoint uses its own). `val_windows` bounds validation
+    to that many windows in all, whatever the number of ranks. `cls`: TextData or its LightningDataModule."""
+    plain = data if isinstance(data, dict) else OmegaConf.to_container(data, resolve=True)
+    return cls(
+        sources=plain.get("sources"),
+        val_sources=plain.get("val_sources"),
+        tokenizer=tokenizer,
+        block_size=block_size or plain["block_size"],
+        batch_size=plain["batch_size"],
+        val_fraction=plain.get("val_fraction", 0.1),
+        num_workers=plain.get("num_workers", 0),
+        seed=seed,
+        mode=plain.get("mode", "memory"),
+        val_documents=plain.get("val_documents", 100),
+        shards_dir=plain.get("shards_dir"),
+        val_windows=val_windows,
+    )

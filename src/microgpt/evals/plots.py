@@ -1,0 +1,268 @@
+"""PNG figures from the metrics a run or sweep wrote (loss, HellaSwag, soups)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from microgpt.core.errors import DataError
+
+METRICS_FILE = "metrics.csv"
+HELLASWAG_METRIC = "hellaswag/acc_norm"
+# (value, label): completion-style acc_norm, as measured in Karpathy's build-nanogpt (hellaswag.py)
+# for the released GPT-2, and as published for GPT-3 Small (Brown et al. 2020, table 3.x).
+HELLASWAG_REFERENCES = [
+    (0.2955, "GPT-2 124M (OpenAI weights, build-nanogpt eval)"),
+    (0.337, "GPT-3 124M (Brown et al. 2020)"),
+]
+HELLASWAG_CHANCE = 0.25
+LOGGED_AT_GLOBAL_STEP = ("hellaswag/",)  # metrics whose `step` is the optimizer steps done (see read_metrics)
+
+
+@dataclass
+class RunMetrics:
+    """One run's metrics.csv, as {metric: [(tokens or steps, value), ...]} sorted by position."""
+
+    name: str
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    x_is_tokens: bool = True
+
+
+def read_metrics(run_dir: Path, name: str | None = None) -> RunMetrics:
+    """Read `<run_dir>/metrics.csv` (Lightning's CSVLogger) and put every metric on a tokens axis.
+
+    Lightning records a value logged with `self.log` after optimizer step k at `step` k-1, and the
+    throughput callback's `train/tokens` is the token count after step k: so tokens =
+    (step + 1) x tokens/step. Callbacks that write to the loggers directly (HellaSwag) record step k.
+    A resumed run re-logs some steps: the latest value of a step wins.
+    """
+    path = run_dir / METRICS_FILE
+    by_metric: dict[str, dict[int, float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                step = int(float(row.get("step") or ""))
+            except ValueError:
+                continue
+            for key, text in row.items():
+                if key in ("step", "epoch") or not text:
+                    continue
+                try:
+                    by_metric.setdefault(key, {})[step] = float(text)
+                except ValueError:
+                    continue
+    tokens_per_step = None
+    if by_metric.get("train/tokens"):
+        ratios = sorted(tokens / (step + 1) for step, tokens in by_metric["train/tokens"].items())
+        tokens_per_step = ratios[len(ratios) // 2]
+    scale = tokens_per_step or 1.0
+    series = {}
+    for key, points in by_metric.items():
+        offset = 0 if key.startswith(LOGGED_AT_GLOBAL_STEP) else 1
+        series[key] = [((step + offset) * scale, v) for step, v in sorted(points.items()) if math.isfinite(v)]
+    return RunMetrics(name=name or run_dir.name, series=series, x_is_tokens=tokens_per_step is not None)
+
+
+def find_runs(directory: Path) -> list[tuple[Path, str]]:
+    """The run directories to plot with their labels: the directory itself, or a sweep's job dirs."""
+    if (directory / METRICS_FILE).is_file():
+        return [(directory, directory.name)]
+    jobs = sorted((d for d in directory.iterdir() if d.is_dir() and (d / METRICS_FILE).is_file()),
+                  key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    labels = distinguishing_overrides(jobs)
+    return [(job, shorten(f"{job.name}: {labels[job]}" if labels[job] else job.name)) for job in jobs]
+
+
+def shorten(label: str, limit: int = 48) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def distinguishing_overrides(jobs: list[Path]) -> dict[Path, str]:
+    """For each job, the `key=value` overrides whose value is not the same in every job."""
+    overrides = {}
+    for job in jobs:
+        path = job / ".hydra" / "overrides.yaml"
+        items = []
+        if path.is_file():
+            import yaml
+
+            items = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+        overrides[job] = dict(item.partition("=")[::2] for item in items)
+    keys = {k for o in overrides.values() for k in o}
+    varying = sorted(k for k in keys if len({o.get(k) for o in overrides.values()}) > 1)
+    return {job: " ".join(f"{k}={overrides[job].get(k)}" for k in varying) for job in jobs}
+
+
+def smooth(values: list[float]) -> list[float]:
+    """Bias-corrected exponential moving average (TensorBoard's smoothing), over ~1/20 of the points."""
+    beta = min(0.95, max(0.0, 1 - 20 / max(len(values), 1)))
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def _tokens_axis(ax, runs: list[RunMetrics]) -> None:
+    from matplotlib.ticker import EngFormatter
+
+    if all(r.x_is_tokens for r in runs):
+        ax.set_xlabel("tokens seen")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    else:
+        ax.set_xlabel("optimizer steps (no train/tokens logged: enable callbacks.throughput)")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_loss(ax, runs: list[RunMetrics]) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    single = len(runs) == 1
+    for i, run in enumerate(runs):
+        color = colors[i % len(colors)]
+        prefix = "" if single else f"{run.name} "
+        train = run.series.get("train/loss", [])
+        if train:
+            xs, ys = zip(*train)
+            if single:
+                ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(xs, smooth(list(ys)), color=color, linewidth=1.2, linestyle="-" if single else ":",
+                    label="train loss (smoothed)" if single else None)
+        val = run.series.get("val/loss", [])
+        if val:
+            xs, ys = zip(*val)
+            ax.plot(xs, ys, color="tab:red" if single else color, marker="o", markersize=3, linewidth=1.6,
+                    label=f"{prefix}val loss (min {min(ys):.4f})")
+    ax.set_ylabel("loss (cross-entropy, nats/token)")
+    ax.set_title("Loss" if single else "Loss (dotted: train, smoothed; solid: val)")
+    _tokens_axis(ax, runs)
+    ax.legend(fontsize="small")
+
+
+def plot_hellaswag(ax, runs: list[RunMetrics]) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(runs):
+        points = run.series.get(HELLASWAG_METRIC, [])
+        if points:
+            xs, ys = zip(*points)
+            label = "this run" if len(runs) == 1 else run.name
+            ax.plot(xs, ys, color=colors[i % len(colors)], marker="o", markersize=3,
+                    label=f"{label} (max {max(ys):.4f})")
+    ref_styles = ["--", "-."]
+    for (value, label), style in zip(HELLASWAG_REFERENCES, ref_styles):
+        ax.axhline(value, color="gray" if style == "--" else "tab:orange", linestyle=style, linewidth=1.2,
+                   label=f"{label}: {value}")
+    ax.axhline(HELLASWAG_CHANCE, color="black", linestyle=":", linewidth=0.8, label="chance: 0.25")
+    values = [v for run in runs for _, v in run.series.get(HELLASWAG_METRIC, [])]
+    low = min([HELLASWAG_CHANCE, *values]) - 0.03
+    ax.set_ylim(low, max([HELLASWAG_REFERENCES[-1][0], *values]) + 0.1)  # room for the legend above the lines
+    ax.set_ylabel("HellaSwag acc_norm")
+    ax.set_title("HellaSwag (completion style)")
+    _tokens_axis(ax, runs)
+    ax.legend(fontsize="small", loc="upper left")
+
+
+def plot_runs(runs: list[RunMetrics], title: str, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_hellaswag = any(r.series.get(HELLASWAG_METRIC) for r in runs)
+    fig, axes = plt.subplots(1, 2 if with_hellaswag else 1, figsize=(14 if with_hellaswag else 8, 5.5), squeeze=False)
+    plot_loss(axes[0][0], runs)
+    if with_hellaswag:
+        plot_hellaswag(axes[0][1], runs)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out / "loss_and_eval.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def numeric_leaves(value, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], float]]:
+    """(path, number) for every number in a JSON value; list items are named by their `name` or `run`."""
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in numeric_leaves(v, path + (str(k),))]
+    if isinstance(value, list):
+        return [leaf for i, v in enumerate(value) for leaf in numeric_leaves(v, path + (item_label(v, i),))]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return [(path, float(value))]
+    return []
+
+
+def item_label(item, index: int) -> str:
+    if isinstance(item, dict):
+        return str(item.get("name") or item.get("run") or index)
+    return str(index)
+
+
+def plot_soup_report(report_path: Path, out: Path) -> Path | None:
+    """Bars of every loss / accuracy figure in soup_report.json, one panel per kind of figure, so the
+    soup stands beside its ingredients whatever else the report holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = json.loads(report_path.read_text())
+    panels: dict[str, list[tuple[str, float]]] = {}
+    for path, value in numeric_leaves(report):
+        metric = path[-1]
+        if any(word in metric.lower() for word in ("loss", "acc", "hellaswag", "ppl")):
+            panels.setdefault(metric, []).append(("/".join(path[:-1]) or metric, value))
+    panels = {k: bars for k, bars in panels.items() if len(bars) > 1}  # summaries (best_*, mean_*) repeat bars
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    for ax, (metric, bars) in zip(axes[0], sorted(panels.items())):
+        labels, values = zip(*bars)
+        colors = ["tab:green" if "soup" in lbl.lower() else "tab:blue" for lbl in labels]
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize="small")
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 0.1
+        ax.set_ylim(lo - pad, hi + pad)  # differences between soups and ingredients are small
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize="small")
+        ax.set_title(metric)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"Soup report: {report_path.parent.name} (green: soups)")
+    fig.tight_layout()
+    path = out / "soup.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_directory(directory: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Write the figures for a run or sweep directory; returns the PNG paths."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory} is not a directory; pass a run directory (outputs/<date>/<time>) "
+                        f"or a sweep directory (outputs/multirun/<date>/<time>)")
+    found = find_runs(directory)
+    if not found:
+        raise DataError(f"no {METRICS_FILE} in {directory} or its subdirectories; pass a run directory "
+                        f"written with logger=csv (the default), or a sweep directory whose jobs are runs")
+    runs = [read_metrics(run_dir, label) for run_dir, label in found]
+    if not any(r.series.get("train/loss") or r.series.get("val/loss") for r in runs):
+        raise DataError(f"{directory}: {METRICS_FILE} holds no train/loss or val/loss yet; plot once the run has "
+                        f"logged some steps (trainer.log_every_n_steps)")
+    out = Path(out) if out else directory / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "sweep of %d runs" % len(runs) if len(found) > 1 or found[0][0] != directory else "run"
+    written = [plot_runs(runs, f"{directory.resolve().parent.name}/{directory.name} ({kind})", out)]
+    report = directory / "soup_report.json"
+    if report.is_file():
+        soup = plot_soup_report(report, out)
+        if soup:
+            written.append(soup)
+    return written

@@ -1,0 +1,254 @@
+"""The LightningModule around the GPT: loss, optimizer groups, LR schedule, gradient clipping,
+validation metrics; and the plain GPT to evaluate or generate with under FSDP.
+
+The gradient-norm hook. Once per optimizer step, after the last backward and before the update,
+`GPTModule.configure_gradient_clipping` computes the total gradient norm exactly once (the global
+one under FSDP, where each rank holds a shard), clips by it when `trainer.gradient_clip_val` is
+set, keeps it as `grad_norm` (a detached tensor on the device: reading it syncs the host, so
+nothing here does) and calls
+
+    callback.on_gradient_norm(trainer, pl_module, optimizer, norm)
+
+on every callback that defines that method (NanGuard does). Lightning calls
+`configure_gradient_clipping` on every step of automatic optimization, clipping or not
+(`gradient_clip_val=None` included), so the hook never misses a step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain
+from typing import TYPE_CHECKING
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from microgpt.core.errors import CheckpointError, ConfigError
+from microgpt.core.model import GPT, GPTConfig
+from microgpt.core.schedule import WarmupCosine
+from microgpt.core.tokenizer import Tokenizer
+from microgpt.core.tokenizers import tokenizer_from_state
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+# What wrapping adds to parameter names: FSDP units, activation checkpointing, torch.compile.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+class GPTModule(L.LightningModule):
+    """Next-token cross-entropy on `block_size + 1` windows.
+
+    Hyper-parameters are plain dicts (model config, tokenizer state, optimizer, schedule), so every
+    checkpoint alone is enough to rebuild, resume, evaluate or generate, and loads with
+    `torch.load(weights_only=True)`.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        tokenizer: dict,
+        optim: dict,
+        schedule: dict,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GPT(GPTConfig.from_dict(model))
+        self.schedule = WarmupCosine(peak_lr=optim["lr"], **schedule)
+        self.val_loss = MeanMetric()
+        self._tokenizer: Tokenizer | None = None
+        self._train_forward = self.model  # replaced by a compiled view in setup(); never registered
+        # Decided here, on the plain GPT: once FSDP has wrapped it, every parameter is a 1-D shard,
+        # so shapes no longer tell matrices (decayed) from biases and norm gains (not decayed).
+        self._decays = {name: p.dim() >= 2 for name, p in self.model.named_parameters()}
+        self.grad_norm: torch.Tensor | None = None  # this step's total gradient norm, see the module doc
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_from_state(self.hparams.tokenizer)
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.compile:
+            # Compile a view of the GPT, not the module itself: state-dict keys stay free of
+            # `_orig_mod.` and evaluation / generation run the plain eager model.
+            self.__dict__["_train_forward"] = torch.compile(self.model)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[0]
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        _, loss = self._train_forward(batch[:, :-1], batch[:, 1:])
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        targets = batch[:, 1:]
+        _, loss = self.model(batch[:, :-1], targets)
+        self.val_loss.update(loss, weight=targets.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        value = self.val_loss.compute()  # synchronised across ranks by torchmetrics
+        self.val_loss.reset()
+        self.log("val/loss", value, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.log("val/ppl", torch.exp(value), sync_dist=False)
+
+    def configure_optimizers(self):
+        optim = self.hparams.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                # Weight decay on matrices only (linear weights, embeddings); never on biases or norms.
+                (decay if self._decayed(name) else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": optim.get("weight_decay", 0.0)},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = optim.get("fused")
+        if fused is None:  # auto: fused kernels exist for CPU and CUDA floating-point params
+            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)
+        optimizer = torch.optim.AdamW(
+            groups, lr=optim["lr"], betas=tuple(optim.get("betas", (0.9, 0.95))),
+            eps=optim.get("eps", 1e-8), fused=bool(fused),
+        )
+        peak = self.schedule.peak_lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule(step) / peak)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _decayed(self, name: str) -> bool:
+        plain = unwrapped_name(name)
+        if plain not in self._decays:  # e.g. FSDP's flat parameters (use_orig_params=false)
+            raise ConfigError(
+                f"parameter {name} is not one of the GPT's own (an FSDP flat parameter?); "
+                f"with trainer=fsdp keep trainer.strategy.use_orig_params=true"
+            )
+        return self._decays[plain]
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # We clip by norm ourselves: Lightning's mixed-precision plugin refuses to for fused
+        # optimizers (bf16 too, which has no scaler), its FSDP plugin refuses norm clipping, and
+        # either would compute a second norm. Two cases stay Lightning's: value clipping, and fp16
+        # gradients a fused optimizer unscales only inside its step (Lightning refuses to clip
+        # those, rightly); there the norm is measured first, before any clamping.
+        scale = self._pending_grad_scale(optimizer)
+        if gradient_clip_algorithm == "value" or scale is not None:
+            norm = self._gradient_norm(max_norm=None)
+            if scale is not None:
+                norm = norm / scale
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            norm = self._gradient_norm(max_norm=gradient_clip_val)
+        self.grad_norm = norm.detach()
+        for callback in self.trainer.callbacks:
+            hook = getattr(callback, "on_gradient_norm", None)
+            if callable(hook):
+                hook(self.trainer, self, optimizer, self.grad_norm)
+
+    def _gradient_norm(self, max_norm: float | None) -> torch.Tensor:
+        """The total gradient norm over every rank's gradients; clips to `max_norm` when set."""
+        root = fsdp_root(self.trainer)
+        if root is not None:  # each rank's gradients are a shard: FSDP combines the shards' norms
+            # FSDP has no norm-only call; with no limit it scales by 1 (on the device, no sync).
+            return root.clip_grad_norm_(max_norm or math.inf)
+        params = [p for p in self.parameters() if p.grad is not None]
+        if max_norm:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+    def _pending_grad_scale(self, optimizer) -> torch.Tensor | None:
+        """The fp16 loss scale the gradients still carry (a fused optimizer unscales them only
+        inside its step), as a device tensor; None when they carry none."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's torch optimizer
+        if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+            return None
+        return scaler._get_scale_async()  # get_scale() would sync the host
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng_states"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in ("model", "tokenizer"):
+            if key in saved and saved[key] != self.hparams[key]:
+                raise CheckpointError(
+                    f"the checkpoint was trained with a different {key}: {describe_difference(saved[key], self.hparams[key])}; "
+                    f"resume with the {key} settings it was trained with"
+                )
+        rng = checkpoint.get("rng_states")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name in the plain GPT, whatever wrappers (FSDP, checkpointing, compile) hold it."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def fsdp_root(trainer: L.Trainer) -> FullyShardedDataParallel | None:
+    """The trainer's root FSDP module when the model is sharded, else None."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = trainer.model
+    return model if isinstance(model, FullyShardedDataParallel) else None
+
+
+@contextmanager
+def unsharded(trainer: L.Trainer, model: GPT) -> Iterator[GPT]:
+    """`model` in a form any rank can run on its own, any number of times (evaluation, generation).
+
+    Without FSDP that is `model` itself. Under FSDP every rank must enter together: gathering the
+    full weights is a collective. The FSDP units themselves would not do: run outside the root's
+    forward they fail (`'weight' must be 2-D`), and even with the weights gathered each unit
+    gathers again in its own forward, a collective every rank would have to join. So inside, the
+    model is a plain GPT built around the gathered tensors (no copy), valid until the block ends.
+    """
+    root = fsdp_root(trainer)
+    if root is None:
+        yield model
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(root, writeback=False, recurse=True):
+        yield plain_view(model)
+
+
+def plain_view(model: GPT) -> GPT:
+    """A GPT without wrappers whose parameters and buffers are `model`'s own tensor objects."""
+    with torch.device("meta"):  # no memory, no initialisation: every tensor is replaced below
+        plain = GPT(model.config)
+    named = chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
+    for name, tensor in named:  # remove_duplicate=False: the tied LM head and the shared RoPE too
+        owner, _, leaf = unwrapped_name(name).rpartition(".")
+        setattr(plain.get_submodule(owner), leaf, tensor)
+    left = [name for name, t in chain(plain.named_parameters(), plain.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"the wrapped GPT has no tensors for {left[:3]}")
+    return plain.train(model.training)
+
+
+def describe_difference(saved: dict, current: dict) -> str:
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return "settings differ"
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    parts = []
+    for k in keys[:4]:
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, str) and len(a) > 20 or isinstance(b, str) and len(b) > 20:
+            parts.append(f"{k} differs")
+        else:
+            parts.append(f"{k}={a!r} in the checkpoint vs {b!r} now")
+    return ", ".join(parts)
