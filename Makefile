@@ -17,3 +17,4 @@ bench:
 
 lint:
 	$(PYTHON) -m ruff check src tests bench
+	lint-imports   # the layers contract in pyproject.toml: imports point down only, no cycles

@@ -39,8 +39,8 @@ print(json.dumps({"before": before, "peak": rss(), "params": model.count_params(
 def main(argv: list[str] | None = None) -> list[Row]:
     from microgpt.core.model import GPTConfig
     from microgpt.core.tokenizer import TiktokenTokenizer
+    from microgpt.lightning.builders import model_settings
     from microgpt.lightning.plan import make_plan
-    from microgpt.lightning.training import model_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)

@@ -3,8 +3,9 @@ and with bf16 autocast, against this machine's measured matmul peak in the same 
 
     python bench/bench_mfu.py [--reps 3] [--gpt2-seq 1024]
 
-FLOPs per token and the peak come from `microgpt.core.flops` (the same numbers the Throughput callback
-logs as train/mfu): `flops_per_token(config, T)` x tokens / step seconds / `measure_matmul_flops`.
+FLOPs per token and the peak come from `microgpt.core.flops`: `flops_per_token(config, T)` (the count
+the throughput callback's train/mfu uses) x tokens / step seconds / `measure_matmul_flops` (its peak
+under `callbacks.throughput.peak_flops=measure`; a CPU has no datasheet peak in Fabric's table).
 A step is forward, backward and a fused AdamW update; fp32 and bf16 steps alternate. On a shared
 machine the peak moves with the load, so it is measured again right before every timed step and
 each step is divided by its own peak; medians of those ratios.

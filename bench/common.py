@@ -13,9 +13,9 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -107,7 +107,7 @@ def machine() -> str:
 
 
 def today() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def load_average() -> str:
@@ -146,7 +146,7 @@ class StepClock(_lightning_callback()):
     """Timestamps of a real Trainer run: the start and end of every training batch, and every
     validation's end with its loss. The newest instance is `StepClock.last`."""
 
-    last: "StepClock | None" = None
+    last: StepClock | None = None
 
     def __init__(self) -> None:
         self.batch_start: list[float] = []

@@ -206,7 +206,7 @@ def micro_batch_losses(cfg, count: int) -> list[float]:
     import lightning as L
 
     from microgpt.data.packing import PackedWindows, StepIndexedSampler
-    from microgpt.lightning.training import build_datamodule, build_module, training_tokenizer
+    from microgpt.lightning.builders import build_datamodule, build_module, training_tokenizer
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed)

@@ -38,7 +38,7 @@ def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, small_corpu
     # ... and the step did change the weights: rebuild the initial model exactly as train() does.
     import lightning as L
 
-    from microgpt.lightning.training import build_datamodule, build_module, training_tokenizer
+    from microgpt.lightning.builders import build_datamodule, build_module, training_tokenizer
 
     cfg = compose_train(*common, output_dir=tmp_path / "init")
     L.seed_everything(cfg.seed)

@@ -8,8 +8,8 @@ from microgpt.cli.overrides import available_options
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer
+from microgpt.lightning.builders import model_settings
 from microgpt.lightning.plan import make_plan
-from microgpt.lightning.training import model_settings
 
 GPT2 = TiktokenTokenizer("gpt2")
 

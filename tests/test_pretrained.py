@@ -231,7 +231,7 @@ def val_losses(run_dir: Path) -> list[float]:
 
 def hf_val_loss(hf, overrides: list[str]) -> float:
     """The transformers model's loss on exactly the validation batches training evaluates."""
-    from microgpt.lightning.training import build_datamodule, training_tokenizer
+    from microgpt.lightning.builders import build_datamodule, training_tokenizer
 
     cfg = compose_train(*overrides)
     datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed)

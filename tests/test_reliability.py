@@ -114,6 +114,19 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
 
 
+def test_debug_mode_shows_the_cause_behind_the_one_line_error(tmp_path):
+    """The one line names the problem; MICROGPT_DEBUG=1 shows the whole chain down to the library
+    error that caused it, not only microgpt's own exception."""
+    torn = tmp_path / "torn.ckpt"
+    torch.save({"state_dict": {"model.w": torch.randn(64, 64)}}, torn)
+    torn.write_bytes(torn.read_bytes()[:200])
+    quiet = run_cli("generate", f"ckpt={torn}", cwd=tmp_path)
+    assert_clean_error(quiet, "truncated or corrupt")
+    loud = run_cli("generate", f"ckpt={torn}", cwd=tmp_path, env={"MICROGPT_DEBUG": "1"})
+    assert loud.returncode != 0 and "CheckpointError" in loud.stderr
+    assert "The above exception was the direct cause of the following exception" in loud.stderr, loud.stderr[-3000:]
+
+
 def test_truncated_checkpoint_as_ckpt_path_is_refused_and_left_alone(tmp_path, small_corpus):
     good = tmp_path / "good.ckpt"
     torch.save({"state_dict": {"model.w": torch.randn(256, 256)}, "global_step": 3}, good)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 BLOCK_SIZE = 32 * 1024
 CHUNK_HEADER = struct.Struct("<IHB")  # crc32, payload length, chunk type

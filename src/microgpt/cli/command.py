@@ -6,8 +6,8 @@ import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import hydra
 from hydra.experimental.callback import Callback
@@ -50,7 +50,7 @@ def hydra_command(config_name: str) -> Callable:
 
                 # Before Hydra writes .hydra/ and the log into a directory another run is using.
                 refuse_if_in_use(composed.hydra.run.dir)
-            sys.argv[1:] = [*argv, _FAILED_JOBS_CALLBACK]
+            sys.argv[1:] = [_FAILED_JOBS_CALLBACK, *argv]  # first: Hydra's flags (--cfg job) take values
             result = hydra_main()
             if _failed_jobs:
                 print(f"error: {len(_failed_jobs)} job(s) of the multirun failed: {', '.join(_failed_jobs)}",

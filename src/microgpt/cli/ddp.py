@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-_command: list[str] = []
-
-
 import os
 import sys
+
+_command: list[str] = []  # the job's command, recorded by set_job_command in the process that runs it
 
 
 def command_of(task) -> list[str]:

@@ -50,7 +50,7 @@ def check_command_line(config_name: str, argv: list[str]):
             return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split())
-        raise ConfigError(f"{message} (see --help for the config groups)") from None
+        raise ConfigError(f"{message} (see --help for the config groups)") from e
 
 
 def quote_numeric_choices(argv: list[str]) -> list[str]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import tiktoken
 
@@ -73,7 +73,7 @@ def resolve_pattern(pattern: str) -> str:
     try:
         regex.compile(regex_text)
     except regex.error as e:
-        raise ConfigError(f"tokenizer.pattern {pattern!r} is not a valid regex ({e}); use one of {sorted(PATTERNS)}") from None
+        raise ConfigError(f"tokenizer.pattern {pattern!r} is not a valid regex ({e}); use one of {sorted(PATTERNS)}") from e
     return regex_text
 
 
@@ -97,7 +97,7 @@ class BPETokenizer(Tokenizer):
                 special_tokens=self.special_tokens, explicit_n_vocab=self.vocab_size,
             )
         except Exception as e:  # tiktoken reports a bad regex as a bare ValueError from Rust
-            raise DataError(f"BPE tokenizer is corrupt: its pattern does not compile ({e}); re-train it") from None
+            raise DataError(f"BPE tokenizer is corrupt: its pattern does not compile ({e}); re-train it") from e
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
@@ -124,7 +124,7 @@ class BPETokenizer(Tokenizer):
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "BPETokenizer":
+    def from_state(cls, state: dict) -> BPETokenizer:
         if not isinstance(state, dict):
             raise DataError("BPE tokenizer is corrupt: its state is not a JSON object; re-train it")
         version = state.get("bpe_version")

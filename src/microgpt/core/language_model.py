@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,7 +23,7 @@ class LanguageModel:
     def device(self) -> torch.device:
         return self.model.transformer.wte.weight.device
 
-    def to(self, device) -> "LanguageModel":
+    def to(self, device) -> LanguageModel:
         self.model.to(device)
         return self
 

@@ -7,8 +7,8 @@ Parameter names follow GPT-2's (`transformer.h.0.attn.c_attn`, ...) so OpenAI we
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -62,7 +62,7 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
+    def from_dict(cls, d: dict) -> GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -1,4 +1,9 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to a floor (optax's warmup_cosine_decay_schedule)."""
+"""Learning-rate schedules: callables from the optimizer step to the learning rate.
+
+The `schedule=` config group names one of these by `_target_` (conf/schedule/*.yaml); the
+module passes the peak, `optim.lr`, as `peak_lr`. Every schedule warms up linearly from `init_lr`
+to the peak over `warmup_steps` and ends at `end_lr`; they differ in what happens in between.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ from dataclasses import dataclass
 from microgpt.core.errors import ConfigError, require_positive_int
 
 
-@dataclass(frozen=True)
-class WarmupCosine:
+@dataclass(frozen=True, kw_only=True)
+class Warmup:
+    """What every schedule shares: the peak, the linear warmup to it, and the floor it ends at."""
+
     peak_lr: float
     warmup_steps: int
-    decay_steps: int  # total length, warmup included, as in optax
     init_lr: float = 0.0
     end_lr: float = 0.0
 
@@ -23,16 +29,71 @@ class WarmupCosine:
                 raise ConfigError(f"{setting} must be a non-negative number, got {value!r}")
         if self.peak_lr == 0:
             raise ConfigError("the peak learning rate (optim.lr) must be positive, got 0")
-        require_positive_int("schedule.decay_steps", self.decay_steps)
-        if self.warmup_steps != 0:
+        if self.warmup_steps != 0:  # 0 is allowed: start at the peak
             require_positive_int("schedule.warmup_steps", self.warmup_steps)
-        if self.warmup_steps > self.decay_steps:
-            raise ConfigError(f"schedule.warmup_steps ({self.warmup_steps}) exceeds schedule.decay_steps ({self.decay_steps})")
+
+    def warming_up(self, step: int) -> bool:
+        return step < self.warmup_steps
+
+    def warmup_lr(self, step: int) -> float:
+        return self.init_lr + (self.peak_lr - self.init_lr) * step / self.warmup_steps
+
+    def check_fits(self, total_name: str, total: int, later_phases: dict[str, int] | None = None) -> None:
+        """The schedule's length, `schedule.<total_name>`, holds the warmup and the phases after it."""
+        require_positive_int(f"schedule.{total_name}", total)
+        used = {"schedule.warmup_steps": self.warmup_steps, **(later_phases or {})}
+        if sum(used.values()) > total:
+            names = " + ".join(f"{name} ({steps})" for name, steps in used.items())
+            raise ConfigError(f"{names} exceeds schedule.{total_name} ({total}); shorten them or lengthen the schedule")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupCosine(Warmup):
+    """Linear warmup, then cosine decay to `end_lr` (optax's warmup_cosine_decay_schedule)."""
+
+    decay_steps: int  # total length, warmup included, as in optax
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_fits("decay_steps", self.decay_steps)
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.init_lr + (self.peak_lr - self.init_lr) * step / self.warmup_steps
+        if self.warming_up(step):
+            return self.warmup_lr(step)
         if step >= self.decay_steps:
             return self.end_lr
         progress = (step - self.warmup_steps) / max(1, self.decay_steps - self.warmup_steps)
         return self.end_lr + 0.5 * (self.peak_lr - self.end_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupStableDecay(Warmup):
+    """Warmup-stable-decay (MiniCPM; Hägele et al. 2024): linear warmup, the peak held, then a
+    linear cooldown to `end_lr` over the last `cooldown_fraction` of the steps. Until the cooldown
+    the rate does not depend on the run's length: a run resumed with a larger max_steps has taken
+    the steps it would have taken had it been that long from the start."""
+
+    total_steps: int  # the whole schedule, warmup and cooldown included
+    cooldown_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fraction = self.cooldown_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ConfigError(f"schedule.cooldown_fraction must be a number in [0, 1], got {fraction!r}")
+        self.check_fits("total_steps", self.total_steps, {"schedule.cooldown_fraction x total_steps": self.cooldown_steps})
+
+    @property
+    def cooldown_steps(self) -> int:
+        return round(self.cooldown_fraction * self.total_steps)
+
+    def __call__(self, step: int) -> float:
+        if self.warming_up(step):
+            return self.warmup_lr(step)
+        cooldown_start = self.total_steps - self.cooldown_steps
+        if step < cooldown_start:
+            return self.peak_lr
+        if step >= self.total_steps:
+            return self.end_lr
+        progress = (step - cooldown_start) / self.cooldown_steps
+        return self.peak_lr + (self.end_lr - self.peak_lr) * progress

@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import tiktoken
 
@@ -51,7 +51,7 @@ class Tokenizer(ABC):
 
     @classmethod
     @abstractmethod
-    def from_state(cls, state: dict) -> "Tokenizer": ...
+    def from_state(cls, state: dict) -> Tokenizer: ...
 
     def save(self, path: str | os.PathLike) -> None:
         payload = {"format": FILE_FORMAT, "version": FILE_VERSION, **self.state()}
@@ -85,7 +85,7 @@ class TiktokenTokenizer(Tokenizer):
         return {"kind": "tiktoken", "encoding": self.encoding_name}
 
     @classmethod
-    def from_state(cls, state: dict) -> "TiktokenTokenizer":
+    def from_state(cls, state: dict) -> TiktokenTokenizer:
         return cls(state["encoding"])
 
 
@@ -103,7 +103,7 @@ class CharTokenizer(Tokenizer):
         self.vocab_size = len(chars) + 1
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
         seen: set[str] = set()
         for t in texts:
             seen.update(t)
@@ -112,12 +112,12 @@ class CharTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         try:
             return [self.stoi[c] for c in text]
-        except KeyError:
+        except KeyError as e:
             unknown = sorted({c for c in text if c not in self.stoi})
             raise DataError(
                 f"characters {unknown[:10]!r} are not in this character tokenizer's vocabulary "
                 f"({len(self.chars)} characters learned from the training text); remove them from the input"
-            ) from None
+            ) from e
 
     def decode(self, ids: Iterable[int]) -> str:
         out = []
@@ -135,12 +135,12 @@ class CharTokenizer(Tokenizer):
         return {"kind": "char", "chars": self.chars}
 
     @classmethod
-    def from_state(cls, state: dict) -> "CharTokenizer":
+    def from_state(cls, state: dict) -> CharTokenizer:
         return cls(state["chars"])
 
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiktoken_encoding(name: str) -> tiktoken.Encoding:
     if name == "gpt2":
         local = _local_gpt2_encoding()
@@ -149,9 +149,9 @@ def tiktoken_encoding(name: str) -> tiktoken.Encoding:
     try:
         return tiktoken.get_encoding(name)  # the real download path, cached by tiktoken
     except ValueError as e:
-        raise ConfigError(f"unknown tiktoken encoding {name!r} ({e})") from None
+        raise ConfigError(f"unknown tiktoken encoding {name!r} ({e})") from e
     except Exception as e:  # network failures surface as many exception types
-        raise DataError(f"could not load tiktoken encoding {name!r}: {e}; check the network or use tokenizer=gpt2") from None
+        raise DataError(f"could not load tiktoken encoding {name!r}: {e}; check the network or use tokenizer=gpt2") from e
 
 
 def _sha256(path: Path) -> str:

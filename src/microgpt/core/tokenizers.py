@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from microgpt.core.bpe import BPETokenizer
 from microgpt.core.errors import ConfigError, DataError
@@ -31,7 +31,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             raise ValueError(f"not a {FILE_FORMAT} file")
         return tokenizer_from_state(payload)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"tokenizer file {path} is corrupt or truncated ({e}); re-save or re-train it") from None
+        raise DataError(f"tokenizer file {path} is corrupt or truncated ({e}); re-save or re-train it") from e
 
 
 def build_tokenizer(cfg: dict, training_texts: Iterable[str] | None = None) -> Tokenizer:

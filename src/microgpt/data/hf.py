@@ -3,8 +3,8 @@ and directories written by `Dataset.save_to_disk`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.records import record_texts
@@ -53,13 +53,13 @@ def _open(path: str, name: str | None, split: str, data_files, streaming: bool):
         return datasets.load_dataset(path, name, split=split, data_files=data_files, streaming=streaming)
     except ValueError as e:
         if "split" in str(e).lower():
-            raise DataError(f"hf dataset {path!r} has no split {split!r} ({_first_line(e)})") from None
-        raise DataError(f"could not load hf dataset {path!r}: {_first_line(e)}") from None
+            raise DataError(f"hf dataset {path!r} has no split {split!r} ({_first_line(e)})") from e
+        raise DataError(f"could not load hf dataset {path!r}: {_first_line(e)}") from e
     except FileNotFoundError as e:
-        raise DataError(f"hf dataset {path!r} not found ({_first_line(e)}); check the name, or the data_files paths") from None
+        raise DataError(f"hf dataset {path!r} not found ({_first_line(e)}); check the name, or the data_files paths") from e
     except Exception as e:  # the Hub raises many types (offline, gated, not found)
         raise DataError(f"could not load hf dataset {path!r} ({type(e).__name__}: {_first_line(e)}); "
-                        f"check the name and network (HF_DATASETS_OFFLINE=1 allows only local data)") from None
+                        f"check the name and network (HF_DATASETS_OFFLINE=1 allows only local data)") from e
 
 
 def _first_line(e: Exception) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 
 def record_texts(records: Iterable, text_field: str, where: str) -> Iterator[str]:

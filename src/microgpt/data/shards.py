@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -86,7 +86,7 @@ class TokenShards:
                 raise ValueError("not a token-shard manifest")
             self.dtype = np.dtype(self.manifest["dtype"])
         except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path} is corrupt ({e}); prepare the shards again") from None
+            raise DataError(f"{path} is corrupt ({e}); prepare the shards again") from e
         self.tokenizer = tokenizer_from_state(self.manifest["tokenizer"])
 
     def arrays(self, split: str) -> list[np.ndarray]:

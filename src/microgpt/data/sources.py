@@ -8,8 +8,8 @@ import json
 import os
 import random
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.records import record_texts
@@ -146,7 +146,7 @@ def parquet_documents(path: Path, text_field: str) -> Iterator[str]:
     try:
         table = pq.ParquetFile(path)
     except Exception as e:
-        raise DataError(f"{path} is not a readable parquet file ({e})") from None
+        raise DataError(f"{path} is not a readable parquet file ({e})") from e
     if text_field not in table.schema_arrow.names:
         raise DataError(f"{path} has no column {text_field!r} (columns: {table.schema_arrow.names}); set text_field")
     for batch in table.iter_batches(columns=[text_field]):
@@ -173,7 +173,7 @@ def json_documents(path: Path, text_field: str, is_array: bool = False) -> Itera
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path} is not valid JSON ({e}); fix the file or use one record per line (.jsonl)") from None
+            raise DataError(f"{path} is not valid JSON ({e}); fix the file or use one record per line (.jsonl)") from e
     else:
         records = []
         for n, line in enumerate(lines, 1):
@@ -182,5 +182,5 @@ def json_documents(path: Path, text_field: str, is_array: bool = False) -> Itera
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n} is not valid JSON ({e}); fix or remove that line") from None
+                raise DataError(f"{path}:{n} is not valid JSON ({e}); fix or remove that line") from e
     yield from record_texts(records, text_field, str(path))

@@ -3,6 +3,7 @@ LightningDataModule (microgpt.lightning.datamodule) adds only where the trainer 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 
@@ -199,23 +200,28 @@ def private_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# The TextData arguments a `data=` config sets (the command gives the tokenizer, seed and
+# val_windows), and those of them it must set.
+_SIGNATURE = inspect.signature(TextData).parameters
+DATA_SETTINGS = tuple(name for name in _SIGNATURE if name not in ("tokenizer", "seed", "val_windows"))
+REQUIRED_SETTINGS = tuple(name for name in DATA_SETTINGS if _SIGNATURE[name].default is inspect.Parameter.empty)
+
+
 def build_text_data(data, tokenizer: dict | Tokenizer, seed: int, block_size: int | None = None,
                     val_windows: int | None = None, cls: type[TextData] = TextData) -> TextData:
     """The windows a `data=` config describes; `tokenizer` is a config to build from or a ready
-    tokenizer (evaluating or fine-tuning a checkpoint uses its own). `val_windows` bounds validation
+    tokenizer (evaluating or fine-tuning a checkpoint uses its own). `block_size`, when given,
+    replaces the config's (evaluation takes it from the checkpoint). `val_windows` bounds validation
     to that many windows in all, whatever the number of ranks. `cls`: TextData or its LightningDataModule."""
     plain = data if isinstance(data, dict) else OmegaConf.to_container(data, resolve=True)
-    return cls(
-        sources=plain.get("sources"),
-        val_sources=plain.get("val_sources"),
-        tokenizer=tokenizer,
-        block_size=block_size or plain["block_size"],
-        batch_size=plain["batch_size"],
-        val_fraction=plain.get("val_fraction", 0.1),
-        num_workers=plain.get("num_workers", 0),
-        seed=seed,
-        mode=plain.get("mode", "memory"),
-        val_documents=plain.get("val_documents", 100),
-        shards_dir=plain.get("shards_dir"),
-        val_windows=val_windows,
-    )
+    # Only the settings the config has: conf/data/_base.yaml gives a composed config each of them,
+    # and TextData's signature holds the defaults of the Python API, so none is repeated here.
+    # The config's other keys (data.paths, data.url, ...) feed its `sources`.
+    settings = {key: plain[key] for key in DATA_SETTINGS if key in plain}
+    if block_size is not None:
+        settings["block_size"] = block_size
+    missing = [key for key in REQUIRED_SETTINGS if key not in settings]
+    if missing:
+        raise ConfigError(f"the data config sets no {', '.join('data.' + k for k in missing)}; "
+                          f"a conf/data file lists _base first in its defaults")
+    return cls(**settings, tokenizer=tokenizer, seed=seed, val_windows=val_windows)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -101,14 +101,14 @@ def resolve_source(source: str | os.PathLike | None = None, cache_dir: str | os.
     try:
         return fetch(source, cache_dir=cache_dir, timeout=timeout, retries=DOWNLOAD_RETRIES)
     except DataError as e:
-        raise DataError(f"HellaSwag: {e}; or pass a local copy of hellaswag_val.jsonl as the source") from None
+        raise DataError(f"HellaSwag: {e}; or pass a local copy of hellaswag_val.jsonl as the source") from e
 
 
 def parse_example(line: str, where: str, line_no: int) -> Example:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where} line {line_no} is not valid JSON ({e}); fix or remove that line") from None
+        raise DataError(f"{where} line {line_no} is not valid JSON ({e}); fix or remove that line") from e
     if not isinstance(record, dict):
         raise DataError(f"{where} line {line_no} is not a JSON object with ctx, endings and label")
     context, endings, label = record.get("ctx"), record.get("endings"), record.get("label")

@@ -258,7 +258,7 @@ def plot_directory(directory: str | Path, out: str | Path | None = None) -> list
                         f"logged some steps (trainer.log_every_n_steps)")
     out = Path(out) if out else directory / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    kind = "sweep of %d runs" % len(runs) if len(found) > 1 or found[0][0] != directory else "run"
+    kind = f"sweep of {len(runs)} runs" if len(found) > 1 or found[0][0] != directory else "run"
     written = [plot_runs(runs, f"{directory.resolve().parent.name}/{directory.name} ({kind})", out)]
     report = directory / "soup_report.json"
     if report.is_file():

@@ -32,9 +32,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(f"checkpoint {path} was refused: it holds objects that are not plain weights ({first})") from None
+        raise CheckpointError(f"checkpoint {path} was refused: it holds objects that are not plain weights ({first})") from e
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); use an earlier checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); use an earlier checkpoint") from e
 
 
 def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[GPT, Tokenizer]:

@@ -57,7 +57,7 @@ def fetch(
             _download_once(url, target, sha256, max_bytes, timeout)
             return target
         except _Permanent as e:
-            raise DataError(str(e)) from None
+            raise DataError(str(e)) from e
         except (urllib.error.URLError, OSError, http.client.HTTPException, _Truncated) as e:
             last_error = e
             log.warning("download of %s failed (attempt %d of %d): %s", url, attempt + 1, retries + 1, e)
@@ -78,7 +78,7 @@ def _download_once(url: str, target: Path, sha256: str | None, max_bytes: int, t
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if 400 <= e.code < 500:
-            raise _Permanent(f"{url} answered HTTP {e.code} ({e.reason}); check the URL") from None
+            raise _Permanent(f"{url} answered HTTP {e.code} ({e.reason}); check the URL") from e
         raise
     with response:
         expected = response.headers.get("Content-Length")

@@ -125,7 +125,7 @@ def download(config: PretrainedModelConfig) -> Path:
         raise CheckpointError(
             f"could not download {config.name} ({repo}) from the Hugging Face Hub ({type(e).__name__}: {reason}); "
             f"check the network, or pass a local copy of its {' + '.join(HF_FILES)} as local_dir"
-        ) from None
+        ) from e
     return Path(paths[0]).parent
 
 
@@ -150,14 +150,14 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is unreadable or not JSON ({e})") from None
+        raise CheckpointError(f"{path} is unreadable or not JSON ({e})") from e
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from None
+        raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from e
 
 
 def config_from_hf(hf: dict, source: Path) -> GPTConfig:
@@ -184,7 +184,7 @@ def config_from_hf(hf: dict, source: Path) -> GPTConfig:
             vocab_multiple=1,  # exactly the pretrained vocabulary: no padding logits to skew the loss
         )
     except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{source}/config.json is not a usable GPT-2 config ({e})") from None
+        raise CheckpointError(f"{source}/config.json is not a usable GPT-2 config ({e})") from e
 
 
 def tokenizer_for_hf_dir(directory: Path, config: GPTConfig) -> Tokenizer:

@@ -38,10 +38,10 @@ class RunDirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             os.close(fd)
             raise ConfigError(f"{self.path.parent} is in use by another run ({holder(self.path)}); wait for it "
-                              f"to finish or stop it, or give this run its own directory (hydra.run.dir=...)") from None
+                              f"to finish or stop it, or give this run its own directory (hydra.run.dir=...)") from e
         info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "token": self.token}
         os.ftruncate(fd, 0)

@@ -32,7 +32,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, target)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
             raise CheckpointError(f"could not write checkpoint {target} ({write_failure(e, target.parent)}); "
-                                  f"the previous checkpoint is intact; free disk space or fix permissions") from None
+                                  f"the previous checkpoint is intact; free disk space or fix permissions") from e
         finally:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)

@@ -16,19 +16,22 @@ on every callback that defines that method (NanGuard does). Lightning calls
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import chain
 from typing import TYPE_CHECKING
 
+import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from torchmetrics import MeanMetric
 
-from microgpt.core.errors import CheckpointError, ConfigError
+from microgpt.core.errors import CheckpointError, ConfigError, MicroGPTError
 from microgpt.core.model import GPT, GPTConfig
-from microgpt.core.schedule import WarmupCosine
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.core.tokenizers import tokenizer_from_state
 
@@ -38,13 +41,21 @@ if TYPE_CHECKING:
 # What wrapping adds to parameter names: FSDP units, activation checkpointing, torch.compile.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
+# What checkpoints written before optimizers and schedules were `_target_` configs were trained
+# with. Not defaults for new runs: those are conf/optim and conf/schedule, whose values fill the
+# rest of every composed config.
+LEGACY_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True}
+LEGACY_SCHEDULE = {"_target_": "microgpt.core.schedule.WarmupCosine"}
+
 
 class GPTModule(L.LightningModule):
     """Next-token cross-entropy on `block_size + 1` windows.
 
     Hyper-parameters are plain dicts (model config, tokenizer state, optimizer, schedule), so every
     checkpoint alone is enough to rebuild, resume, evaluate or generate, and loads with
-    `torch.load(weights_only=True)`.
+    `torch.load(weights_only=True)`. The optimizer and the schedule are `_target_` configs
+    (conf/optim, conf/schedule): the optimizer a partial class this module calls with its parameter
+    groups, the schedule a callable from step to learning rate, given `optim.lr` as its peak.
     """
 
     def __init__(
@@ -56,9 +67,13 @@ class GPTModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        optim, schedule = with_target(optim, LEGACY_OPTIM), with_target(schedule, LEGACY_SCHEDULE)
+        self.save_hyperparameters(dict(model=model, tokenizer=tokenizer, optim=optim, schedule=schedule, compile=compile))
         self.model = GPT(GPTConfig.from_dict(model))
-        self.schedule = WarmupCosine(peak_lr=optim["lr"], **schedule)
+        self.schedule = instantiate_setting("schedule", schedule, peak_lr=optim.get("lr"))
+        # Built (and its settings checked) here, before any trainer starts; called with the
+        # parameter groups in configure_optimizers.
+        self._optimizer_factory = optimizer_factory(optim)
         self.val_loss = MeanMetric()
         self._tokenizer: Tokenizer | None = None
         self._train_forward = self.model  # replaced by a compiled view in setup(); never registered
@@ -98,23 +113,22 @@ class GPTModule(L.LightningModule):
         self.log("val/ppl", torch.exp(value), sync_dist=False)
 
     def configure_optimizers(self):
-        optim = self.hparams.optim
+        optim, extra = self.hparams.optim, {}
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 # Weight decay on matrices only (linear weights, embeddings); never on biases or norms.
                 (decay if self._decayed(name) else no_decay).append(p)
         groups = [
-            {"params": decay, "weight_decay": optim.get("weight_decay", 0.0)},
+            {"params": decay, "weight_decay": optim["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = optim.get("fused")
-        if fused is None:  # auto: fused kernels exist for CPU and CUDA floating-point params
-            fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)
-        optimizer = torch.optim.AdamW(
-            groups, lr=optim["lr"], betas=tuple(optim.get("betas", (0.9, 0.95))),
-            eps=optim.get("eps", 1e-8), fused=bool(fused),
-        )
+        if "fused" in optim and optim["fused"] is None:  # null: fused wherever the parameters allow it
+            extra["fused"] = fused_kernels_apply(decay + no_decay)
+        try:
+            optimizer = self._optimizer_factory(groups, **extra)
+        except (TypeError, ValueError) as e:  # e.g. torch's "Invalid learning rate: -1.0"
+            raise ConfigError(f"optim._target_={optim['_target_']}: {e}") from e
         peak = self.schedule.peak_lr
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule(step) / peak)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -187,6 +201,44 @@ class GPTModule(L.LightningModule):
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def instantiate_setting(group: str, settings: dict, **kwargs):
+    """`hydra.utils.instantiate` of a `group=` config, with plain lists and dicts for arguments
+    (they end up in optimizer state, which checkpoints load weights-only). A mistake in it is one
+    ConfigError naming the group; the class's own ConfigError passes through as it is."""
+    try:
+        return hydra.utils.instantiate(settings, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, MicroGPTError):
+            raise e.__cause__ from None
+        raise ConfigError(f"{group}._target_={settings.get('_target_')}: {e.__cause__ or e}") from e
+
+
+def optimizer_factory(optim: dict) -> functools.partial:
+    """The `optim=` config as a partial optimizer class, still waiting for its parameter groups."""
+    target = optim.get("_target_")
+    if optim.get("_partial_") is not True:
+        raise ConfigError(f"optim._target_={target} needs `_partial_: true`: the module calls it with the parameter groups")
+    if "weight_decay" not in optim:  # the module applies it to the matrices' group
+        raise ConfigError(f"optim.weight_decay is not set for {target}; set it (0.0: no weight decay)")
+    factory = instantiate_setting("optim", optim)
+    try:  # unknown settings (optim.betas for SGD) fail now, not once training has started
+        inspect.signature(factory.func).bind(None, *factory.args, **factory.keywords)
+    except TypeError as e:
+        raise ConfigError(f"optim._target_={target}: {e}; check the optim.* settings") from e
+    return factory
+
+
+def with_target(settings: dict, legacy: dict) -> dict:
+    """`settings` as given, or, from a checkpoint written before it named a `_target_`, with the
+    target it was trained with."""
+    return settings if "_target_" in settings else {**legacy, **settings}
+
+
+def fused_kernels_apply(params: list[torch.Tensor]) -> bool:
+    """Whether fused optimizer kernels can take these parameters: CPU and CUDA floating point."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
 def unwrapped_name(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Build the data, model and Trainer a composed config describes, and run training."""
+"""Run training from a composed config: one run per run directory, stops on signals, requeues."""
 
 from __future__ import annotations
 
@@ -9,112 +9,22 @@ import subprocess
 import warnings
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from microgpt.core.errors import CheckpointError, ConfigError, Interrupted, Requeued, require_positive_int
-from microgpt.core.model import GPTConfig
-from microgpt.core.tokenizer import Tokenizer
-from microgpt.core.tokenizers import tokenizer_from_state
-from microgpt.data.text_data import build_text_data
-from microgpt.io.checkpoints import read_checkpoint
-from microgpt.io.config import to_plain
+from microgpt.core.errors import CheckpointError, Interrupted, Requeued, require_positive_int
 from microgpt.io.run_dir import RunDirLock, resolve_ckpt_path
+from microgpt.lightning.builders import build_datamodule, build_module, build_trainer, training_tokenizer
 from microgpt.lightning.callbacks.checkpoints import RunCheckpoint
-from microgpt.lightning.callbacks.interrupt import StopOnSignal, disable_lightning_signal_handling
+from microgpt.lightning.callbacks.interrupt import StopOnSignal
 from microgpt.lightning.callbacks.shared_run_dir import SharedRunDirectory
-from microgpt.lightning.checkpoint_io import AtomicCheckpointIO
-from microgpt.lightning.datamodule import TextDataModule
 from microgpt.lightning.distributed import teardown_distributed
 from microgpt.lightning.loggers import finish_wandb_runs, log_run_config
-from microgpt.lightning.module import GPTModule
-from microgpt.lightning.plan import RunPlan, check_devices_available, make_plan
+from microgpt.lightning.plan import check_devices_available, make_plan
 from microgpt.lightning.ranks import is_first_process, mark_launcher, started_by_first_process
 
 log = logging.getLogger(__name__)
-
-
-def build_datamodule(data: DictConfig, tokenizer: dict | Tokenizer, seed: int,
-                     block_size: int | None = None, val_windows: int | None = None) -> TextDataModule:
-    """The LightningDataModule a `data=` config describes (see `build_text_data`)."""
-    return build_text_data(data, tokenizer, seed, block_size, val_windows, cls=TextDataModule)
-
-
-def model_settings(cfg: DictConfig, tokenizer: Tokenizer) -> dict:
-    """The model config with the tokenizer's vocabulary filled in, checked against the data settings."""
-    settings = dict(to_plain(cfg.model))
-    if settings.get("vocab_size") is None:
-        settings["vocab_size"] = tokenizer.vocab_size
-    config = GPTConfig.from_dict(settings)  # validates types and sizes
-    if config.vocab_size < tokenizer.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's vocabulary "
-            f"({tokenizer.vocab_size}); set model.vocab_size=null to use the tokenizer's"
-        )
-    if cfg.data.block_size > config.block_size:
-        raise ConfigError(
-            f"data.block_size={cfg.data.block_size} is above the model's context "
-            f"(model.block_size={config.block_size}); lower data.block_size or raise model.block_size"
-        )
-    return settings
-
-
-def training_tokenizer(cfg: DictConfig) -> dict | Tokenizer:
-    """The configured tokenizer, except when continuing from a microgpt checkpoint (`init_from=<.ckpt>`,
-    as stage 2 does): then the checkpoint's own, so ids mean what they meant in training."""
-    init_from = cfg.get("init_from")
-    if init_from and str(init_from).endswith(".ckpt"):
-        hparams = read_checkpoint(init_from).get("hyper_parameters") or {}
-        if "tokenizer" in hparams:
-            return tokenizer_from_state(hparams["tokenizer"])
-    return to_plain(cfg.tokenizer)
-
-
-def build_module(cfg: DictConfig, tokenizer: Tokenizer) -> GPTModule:
-    return GPTModule(
-        model=model_settings(cfg, tokenizer),
-        tokenizer=tokenizer.state(),
-        optim=to_plain(cfg.optim),
-        schedule=to_plain(cfg.schedule),
-        compile=bool(cfg.get("compile", False)),
-    )
-
-
-def instantiate_all(group: DictConfig | None) -> list:
-    """Every entry of a `name: {_target_: ...}` group; `name: null` switches one off."""
-    if not group:
-        return []
-    return [hydra.utils.instantiate(c) for c in group.values() if c is not None]
-
-
-def build_strategy(strategy):
-    """Strategy configs name classes as strings (FSDP wrap policies); turn them into classes."""
-    if not hasattr(strategy, "get") or "_target_" not in strategy:
-        return strategy
-    kwargs = {}
-    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
-        if strategy.get(key):
-            kwargs[key] = {hydra.utils.get_class(name) for name in strategy[key]}
-    return hydra.utils.instantiate(strategy, **kwargs)
-
-
-def build_trainer(cfg: DictConfig, plan: RunPlan, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
-    callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
-    plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=instantiate_all(cfg.get("logger")) or False,
-        strategy=build_strategy(cfg.trainer.get("strategy", "auto")),
-        plugins=[AtomicCheckpointIO(), *plugins],
-        accumulate_grad_batches=plan.accumulate,
-        # Lightning counts micro-batches here; the config speaks in optimizer steps.
-        val_check_interval=cfg.eval_every * plan.accumulate,
-    )
-    disable_lightning_signal_handling(trainer)
-    return trainer
 
 
 def quiet_lightning_logs() -> None:

@@ -33,8 +33,8 @@ def parse_signal(value: str | int | None) -> signal.Signals | None:
             return signal.Signals(int(value))
         name = str(value).upper()
         return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
-    except (KeyError, ValueError):
-        raise ConfigError(f"interrupt.requeue_signal={value!r} is not a signal; use e.g. SIGUSR2 or SIGUSR1") from None
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"interrupt.requeue_signal={value!r} is not a signal; use e.g. SIGUSR2 or SIGUSR1") from e
 
 
 class StopOnSignal(L.Callback):
