@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 # Exit statuses of a job that stopped without failing: success, Ctrl-C (128 + 2), SIGTERM (128 + 15).
 _NOT_FAILED = (None, 0, 130, 143)
-# Hydra calls callbacks only when the config names them; this one sees every multirun's end.
-_FAILED_JOBS_CALLBACK = "++hydra.callbacks.microgpt_failed_jobs._target_=microgpt.cli.command.FailedJobs"
 _failed_jobs: list[str] = []  # filled in the launching process by FailedJobs at the end of a multirun
 
 
@@ -50,7 +48,7 @@ def hydra_command(config_name: str) -> Callable:
 
                 # Before Hydra writes .hydra/ and the log into a directory another run is using.
                 refuse_if_in_use(composed.hydra.run.dir)
-            sys.argv[1:] = [_FAILED_JOBS_CALLBACK, *argv]  # first: Hydra's flags (--cfg job) take values
+            sys.argv[1:] = argv
             result = hydra_main()
             if _failed_jobs:
                 print(f"error: {len(_failed_jobs)} job(s) of the multirun failed: {', '.join(_failed_jobs)}",
