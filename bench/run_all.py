@@ -28,6 +28,7 @@ SUITE = [
     ("overhead", "bench_overhead", []),
     ("time to quality", "bench_time_to_quality", ["--quick"]),
     ("mfu", "bench_mfu", []),
+    ("throughput callback", "bench_throughput", []),
     ("memory", "bench_memory", []),
     ("data", "bench_data", []),
     ("bpe", "bench_bpe", ["--reps", "3", "--python-chars", "20000"]),
