@@ -127,8 +127,9 @@ def assert_same_weights(a: Path, b: Path, atol: float) -> None:
 
 def popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """A training process in its own session, so the whole process tree can be killed."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MICROGPT_DEBUG")}
     return subprocess.Popen([sys.executable, "-m", "microgpt.train", *args], cwd=cwd,
-                            env={**os.environ, **OFFLINE_ENV, **(env or {})}, start_new_session=True,
+                            env={**full_env, **OFFLINE_ENV, **(env or {})}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +20,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 
-from conftest import OFFLINE_ENV, TINY, compose_train
+from conftest import TINY, compose_train, finish, popen, run_cli
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.evals.hellaswag import evaluate_hellaswag
 from microgpt.io.checkpoints import model_from_checkpoint, read_checkpoint
@@ -104,18 +102,9 @@ def hellaswag_file(path: Path) -> Path:
 def run_ranks(args: list[str], cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess:
     """`python -m microgpt.train` with this file importable (its strategy and probe); on a timeout
     the whole process group goes (Lightning's child rank included): a hang is a failure."""
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    env = {k: v for k, v in env.items() if k not in ("HYDRA_FULL_ERROR", "MICROGPT_DEBUG")}
-    proc = subprocess.Popen([sys.executable, "-m", "microgpt.train", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the FSDP run hung; stderr tail: {err[-3000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    code, out, err = finish(popen(args, cwd, env), timeout)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 MICRO_BATCH = ["data.batch_size=4", "model.block_size=32"]  # 4 sequences x 32 tokens
@@ -214,11 +203,8 @@ def test_the_fsdp_checkpoint_loads_and_generates_in_one_process(fsdp_run):
     state = ckpt["state_dict"]
     assert not [k for k in state if "_fsdp" in k or "_checkpoint_wrapped" in k]
     model_from_checkpoint(ckpt)  # plain names and whole tensors: a single-process GPT takes them
-    result = subprocess.run(
-        [sys.executable, "-m", "microgpt.generate", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
-         "prompt=The", "max_new_tokens=8"],
-        cwd=run_dir, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=60,
-    )
+    result = run_cli("generate", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "prompt=The", "max_new_tokens=8",
+                     cwd=run_dir, timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("The") and len(result.stdout.strip()) > len("The")
 

@@ -90,10 +90,11 @@ def checkpoint_step(path: Path) -> int:
     return int(read_checkpoint(path).get("global_step", -1))
 
 
-def newest_checkpoint(checkpoints: Path) -> Path | None:
+def newest_checkpoint(checkpoints: Path) -> tuple[Path, int] | None:
     """The readable checkpoint with the highest training step (not the newest file: a copy or a
     `touch` changes modification times); corrupt ones are reported and skipped. On a tie,
-    last.ckpt wins, then the step files, so the choice is the same on every rank."""
+    last.ckpt wins, then the step files, so the choice is the same on every rank. Returns
+    (path, step): each file is read once."""
     best: tuple[int, int, str] | None = None
     for path in checkpoints.glob("*.ckpt"):
         try:
@@ -105,7 +106,7 @@ def newest_checkpoint(checkpoints: Path) -> Path | None:
         key = (step, rank, path.name)
         if best is None or key > best:
             best = key
-    return checkpoints / best[2] if best else None
+    return (checkpoints / best[2], best[0]) if best else None
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
@@ -115,11 +116,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
         return None
     checkpoints = Path(output_dir) / "checkpoints"
     if ckpt_path == "auto":
-        path = newest_checkpoint(checkpoints) if checkpoints.is_dir() else None
-        if path is None:
+        found = newest_checkpoint(checkpoints) if checkpoints.is_dir() else None
+        if found is None:
             log.info("no checkpoint to resume in %s: starting fresh", checkpoints)
             return None
-        log.info("resuming from %s (step %d)", path, checkpoint_step(path))
+        path, step = found
+        log.info("resuming from %s (step %d)", path, step)
         return str(path)
     if ckpt_path == "last":
         path = checkpoints / "last.ckpt"
