@@ -10,7 +10,7 @@ import regex
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY, assert_clean_error, run_cli, shared_file
+from conftest import TINY, assert_clean_error, fixture_text, run_cli
 from microgpt.core.bpe import PATTERNS, BPETokenizer, train_bpe
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.core.tokenizer import ENDOFTEXT
@@ -50,7 +50,7 @@ def reference_encode(tok: BPETokenizer, text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def corpus() -> str:
-    return shared_file("tinyshakespeare.txt").read_text()[:200_000]
+    return fixture_text("tinyshakespeare.txt")[:200_000]
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,12 @@ def tok(corpus) -> BPETokenizer:
 
 
 def held_out_text() -> str:
-    """Text the tokenizer was not trained on: the tail of Tiny Shakespeare, WikiText, and odd Unicode."""
-    text = shared_file("tinyshakespeare.txt").read_text()[-20_000:]
-    wiki = shared_file("wikitext2_raw_valid.txt").read_text()[:30_000]
-    return text + wiki + "\n".join(TRICKY)
+    """Text the tokenizer was not trained on: the tail of Tiny Shakespeare, the Python docs, and odd Unicode."""
+    from microgpt.data.sources import pydoc_documents
+
+    text = fixture_text("tinyshakespeare.txt")[-20_000:]
+    docs = "".join(pydoc_documents())[:30_000]
+    return text + docs + "\n".join(TRICKY)
 
 
 def test_trained_vocabulary_has_exactly_the_requested_size(tok):

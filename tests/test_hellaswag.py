@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import TINY, assert_clean_error, run_cli, shared_file
+from conftest import TINY, assert_clean_error, fixture_file, run_cli
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import CharTokenizer
@@ -121,12 +121,12 @@ def test_a_context_longer_than_the_window_is_truncated_from_the_left():
 
 
 # ----------------------------------------------------------------------------------------------
-# A small trained model on the 1,000 official validation examples
+# A small trained model on 250 official validation examples (tests/fixtures/hellaswag_val.jsonl)
 
 
 @pytest.fixture(scope="module")
 def hellaswag_path() -> Path:
-    return shared_file("hellaswag_val.jsonl")
+    return fixture_file("hellaswag_val.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def one_at_a_time(model: GPT, example: EncodedExample) -> tuple[list[float], lis
 def test_batched_scoring_equals_one_example_at_a_time(trained):
     model, tokenizer, examples = trained
     encoded, skipped = encode_examples(examples, tokenizer)
-    assert skipped == 0 and len(encoded) == 1000
+    assert skipped == 0 and len(encoded) == len(examples) == 250
     ref_correct = ref_correct_norm = 0
     batch_size = 16
     for start in range(0, len(encoded), batch_size):
@@ -185,7 +185,7 @@ def test_batched_scoring_equals_one_example_at_a_time(trained):
             ref_correct += int(pred[0] == ex.label)
             ref_correct_norm += int(pred_norm[0] == ex.label)
     result = evaluate(model, encoded, batch_size=batch_size)
-    assert (result.correct, result.correct_norm, result.count) == (ref_correct, ref_correct_norm, 1000)
+    assert (result.correct, result.correct_norm, result.count) == (ref_correct, ref_correct_norm, 250)
     assert result.acc != result.acc_norm or ref_correct == ref_correct_norm  # both computed, not one copied
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import wandb_offline
-from conftest import TINY, assert_clean_error, run_cli, shared_file
+from conftest import TINY, assert_clean_error, fixture_file, fixture_text, run_cli
 from microgpt.core.errors import ConfigError
 from microgpt.core.flops import flops_per_token, measure_matmul_flops, param_count
 from microgpt.core.model import GPT, GPTConfig
@@ -63,16 +63,15 @@ def assert_readable_png(path: Path, min_bytes: int = 20_000) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    source = shared_file("tinyshakespeare.txt")
     path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    path.write_text(source.read_text()[:60_000])
+    path.write_text(fixture_text("tinyshakespeare.txt")[:60_000])
     return path
 
 
 @pytest.fixture(scope="module")
 def observed_run(tmp_path_factory):
     """One tiny run with every logger, HellaSwag, samples every 6 steps and throughput every 3."""
-    hellaswag = shared_file("hellaswag_val.jsonl")
+    hellaswag = fixture_file("hellaswag_val.jsonl")
     tmp = tmp_path_factory.mktemp("observed")
     run_dir = tmp / "run"
     result = run_cli(

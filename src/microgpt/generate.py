@@ -1,7 +1,9 @@
 """`python -m microgpt.generate ckpt=... prompt="..."`: stream a continuation to stdout
-(`prompts=[...]`: several prompts sampled as one batch). ckpt may also be `gpt2` ... `gpt2-xl`."""
+(`prompts=[...]`: several prompts sampled as one batch; `prompt_file=notes.txt` or `prompt=-`
+(standard input): a prompt of any length, exactly as written). ckpt may also be `gpt2` ... `gpt2-xl`."""
 
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -9,32 +11,56 @@ from microgpt.cli.command import hydra_command
 from microgpt.core.errors import ConfigError
 
 
+def read_prompt(cfg: DictConfig) -> str:
+    """The prompt exactly as typed: `prompt=`, the text of `prompt_file=`, or stdin for `prompt=-`."""
+    prompt, prompt_file = cfg.prompt, cfg.get("prompt_file")
+    if prompt_file is not None:
+        if prompt or cfg.get("prompts"):
+            raise ConfigError("give the prompt one way: prompt=..., prompts=[...] or prompt_file=<file>, not several")
+        path = Path(str(prompt_file)).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"prompt_file={path} does not exist; check the path") from None
+        except IsADirectoryError:
+            raise ConfigError(f"prompt_file={path} is a directory; give a text file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"prompt_file={path} is not UTF-8 text") from None
+        except OSError as e:
+            raise ConfigError(f"prompt_file={path} cannot be read ({e.strerror})") from None
+    if prompt == "-":
+        return sys.stdin.read()
+    return str(prompt)
+
+
+def sample_options(options, i: int):
+    """The i-th sample's settings: seed, seed + 1, ... (no seed: torch's global generator)."""
+    return options if options.seed is None else options.replace(seed=options.seed + i)
+
+
 @hydra_command("generate")
 def main(cfg: DictConfig) -> None:
-    from microgpt.core.sampling import check_sampling
-    from microgpt.io.loading import load_model
+    from microgpt.core.sampling import SamplingOptions
+    from microgpt.io.loading import check_device, load_model
 
-    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
-    if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
-        raise ConfigError("max_new_tokens must be >= 0 and num_samples >= 1")
+    options = SamplingOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                              top_p=cfg.top_p, seed=cfg.seed, stop_at_eot=cfg.stop_at_eot)
+    if isinstance(cfg.num_samples, bool) or not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
+        raise ConfigError(f"num_samples must be an integer >= 1, got {cfg.num_samples!r}")
+    check_device(cfg.device)
+    prompt = read_prompt(cfg)
     lm = load_model(cfg.ckpt, device=cfg.device)
     if cfg.get("prompts"):  # one batch, printed when done
         prompts = [str(p) for p in cfg.prompts]
         for i in range(cfg.num_samples):
-            texts = lm.generate_texts(
-                prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                top_p=cfg.top_p, seed=cfg.seed + i, stop_at_eot=cfg.stop_at_eot,
-            )
+            texts = lm.generate_texts(prompts, options=sample_options(options, i))
             sys.stdout.write("\n---\n".join(texts) + ("\n---\n" if i + 1 < cfg.num_samples else "\n"))
         return
     for i in range(cfg.num_samples):
         if i:
             sys.stdout.write("\n---\n")
-        sys.stdout.write(cfg.prompt)
-        for piece in lm.stream_text(
-            cfg.prompt, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, seed=cfg.seed + i, stop_at_eot=cfg.stop_at_eot,
-        ):
+        sys.stdout.write(prompt)
+        for piece in lm.stream_text(prompt, options=sample_options(options, i)):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -18,7 +18,7 @@ from microgpt.cli.command import hydra_command
 from microgpt.core.errors import ConfigError
 from microgpt.souping.average import read_ingredients
 from microgpt.souping.evaluate import Evaluator
-from microgpt.souping.report import make_soup, report_markdown
+from microgpt.souping.report import make_soup, report_markdown, soup_files
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> None:
     """`python -m microgpt.soup ckpts=[a.ckpt,b.ckpt,c.ckpt] method=uniform|greedy data=...`"""
     from microgpt.io.config import to_plain
+    from microgpt.io.outputs import check_outputs
 
     paths = to_plain(cfg.ckpts)
     if not isinstance(paths, list) or not paths:
         raise ConfigError("ckpts must be a list of checkpoint paths: ckpts=[a.ckpt,b.ckpt]")
+    check_outputs("out", soup_files(Path(cfg.out)), overwrite=bool(cfg.overwrite))  # before any evaluation
     ingredients = read_ingredients(paths)
     evaluator = Evaluator(ingredients[0], cfg.data, cfg.seed, cfg.val_batches, to_plain(cfg.hellaswag))
     report = make_soup(ingredients, evaluator, cfg.method, Path(cfg.out))

@@ -16,10 +16,13 @@ def main(cfg: DictConfig) -> None:
     from microgpt.core.bpe import train_bpe
     from microgpt.data.sources import documents_from
     from microgpt.io.config import to_plain
+    from microgpt.io.outputs import check_outputs
 
     settings = to_plain(cfg.tokenizer)
     if settings.get("kind") != "bpe" or not settings.get("out"):
         raise ConfigError("train_tokenizer trains tokenizer=bpe and needs tokenizer.out=<file>")
+    out = Path(settings["out"])
+    check_outputs("tokenizer.out", [out], overwrite=bool(cfg.overwrite))  # before reading and training
     documents = itertools.chain.from_iterable(documents_from(s) for s in to_plain(cfg.data.sources))
     start = time.perf_counter()
     tokenizer = train_bpe(
@@ -27,7 +30,6 @@ def main(cfg: DictConfig) -> None:
         special_tokens=settings.get("special_tokens") or [], min_frequency=settings.get("min_frequency", 0),
         show_progress=bool(settings.get("progress", True)),
     )
-    out = Path(settings["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
     print(f"trained a {tokenizer.vocab_size}-token BPE ({len(tokenizer.merges)} merges) in "

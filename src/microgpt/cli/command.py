@@ -13,7 +13,7 @@ import hydra
 from hydra.experimental.callback import Callback
 
 from microgpt.cli.ddp import command_of, set_job_command
-from microgpt.cli.overrides import CONFIG_DIR, check_command_line, quote_numeric_choices
+from microgpt.cli.overrides import CONFIG_DIR, literal_text, quote_numeric_choices
 from microgpt.core.errors import Interrupted, MicroGPTError, Requeued, debug_enabled, report_user_errors
 from microgpt.io.run_dir import FAILED_MARKER, _one_line, failed_jobs
 from microgpt.lightning.ranks import is_first_process
@@ -41,7 +41,14 @@ def hydra_command(config_name: str) -> Callable:
         @functools.wraps(task)
         @report_user_errors
         def entry_point():
-            argv = quote_numeric_choices(sys.argv[1:])
+            from microgpt.cli.check import check_command_line, flags_first
+
+            if any(a in ("-h", "--help") for a in sys.argv[1:]):
+                from microgpt.cli.usage import help_text
+
+                print(help_text(config_name))
+                return None
+            argv = quote_numeric_choices(flags_first(literal_text(sys.argv[1:])))
             composed = check_command_line(config_name, argv)
             if composed is not None and "paths" in composed and is_first_process():
                 from microgpt.io.run_dir import refuse_if_in_use

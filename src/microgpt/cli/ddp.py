@@ -35,9 +35,13 @@ def job_subprocess_cmd(local_rank: int) -> tuple[list[str], str]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 
+    from microgpt.cli.overrides import typed_text
+
     hydra_cfg = HydraConfig.get()
     # A script's own @hydra.main records no command: its __main__ is right unless a joblib worker runs it.
-    command = [sys.executable, *(_command or _main_command()), *config_args(hydra_cfg), *hydra_cfg.overrides.task]
+    # The words as the user typed them: the child's own entry point quotes free text again.
+    overrides = [typed_text(o) for o in hydra_cfg.overrides.task]
+    command = [sys.executable, *(_command or _main_command()), *config_args(hydra_cfg), *overrides]
     command += [
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
         "hydra.output_subdir=null",  # only rank 0 writes the job's .hydra/ config

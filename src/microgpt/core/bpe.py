@@ -28,6 +28,7 @@ part, never an error. Encoding treats text that spells a special token as ordina
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -67,6 +68,11 @@ def resolve_pattern(pattern: str) -> str:
     """A preset name (gpt2, gpt4, o200k) or a regex, checked to compile."""
     if not isinstance(pattern, str) or not pattern:
         raise ConfigError(f"tokenizer.pattern must be one of {sorted(PATTERNS)} or a regex, got {pattern!r}")
+    if pattern not in PATTERNS and re.fullmatch(r"[A-Za-z][\w.-]*", pattern):
+        # A bare word is a preset's name mistyped (gpt5, cl100k), not a pre-tokenizer: as a regex it
+        # would match only itself, and the BPE would learn no merges from the rest of the text.
+        raise ConfigError(f"unknown tokenizer.pattern {pattern!r}; known: {', '.join(sorted(PATTERNS))}, "
+                          "or a pre-tokenization regex (tiktoken / `regex` syntax)")
     regex_text = PATTERNS.get(pattern, pattern)
     import regex  # tiktoken's own dependency; same syntax as tiktoken's engine
 

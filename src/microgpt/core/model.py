@@ -249,7 +249,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            # Over the real vocabulary: the padding rows are no tokens, so they take no probability.
+            real = logits[..., : self.config.vocab_size]
+            loss = F.cross_entropy(real.reshape(-1, real.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_caches(self, batch: int) -> list[KVCache]:
@@ -272,31 +274,40 @@ class GPT(nn.Module):
     ) -> Iterator[torch.Tensor]:
         """Yield the next token ids, shape (B,), one step at a time.
 
-        Past the context window the prompt is cropped from the left and the window recomputed,
-        so cached and uncached decoding give the same tokens. Stops early once every row has
-        produced `eot` (rows that finished keep emitting `eot`). Prompts of different lengths
-        are left-padded to one width with `pad` (B,) counting each row's padding tokens: every
-        row then decodes as it would alone.
+        One KV cache (per layer, preallocated to the context window) serves the whole generation.
+        Each row sees a window of its latest tokens that grows until it fills the context; when it
+        would overflow, it restarts from the row's latest `block_size // 2` tokens and grows again
+        (the kept tokens are prefilled again once, into the same cache: their keys and values
+        depended on the tokens left behind, and carry their old positions). So within the window
+        every token sees the whole sequence; past it, each sees between half a window and a whole
+        one. Uncached decoding recomputes the same windows and gives the same tokens. Stops early
+        once every row has produced `eot` (rows that finished keep emitting `eot`). Prompts of
+        different lengths are left-padded to one width with `pad` (B,) counting each row's padding
+        tokens: every row then decodes as it would alone, its window restarts included.
         """
         check_sampling(temperature, top_k, top_p)
         block = self.config.block_size
+        keep = max(1, block // 2)  # the tokens a full window restarts from
         tokens = idx
+        # Where each row's window starts, as an index into its row of `tokens` (padding included).
+        starts = [p + max(0, idx.size(1) - p - block) for p in (pad.tolist() if pad is not None else [0] * idx.size(0))]
         caches = self.new_caches(idx.size(0)) if use_cache else None
-        cached_len = 0  # how many leading tokens of `tokens` the caches hold
+        cached_len = 0  # how many leading tokens of the window the caches hold
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            window = tokens[:, -block:]
-            window_pad = None
-            if pad is not None:  # cropping from the left removes padding first
-                window_pad = (pad - (tokens.size(1) - window.size(1))).clamp(min=0)
-                window_pad = window_pad if bool(window_pad.any()) else None
-            if caches is not None and tokens.size(1) <= block:
+            length = tokens.size(1)
+            restarted = [length - keep if length - start > block else start for start in starts]
+            if restarted != starts:
+                starts, cached_len = restarted, 0
+            first = min(starts)
+            window = tokens[:, first:]
+            window_pad = None  # the tokens before a row's own window start are padding to it
+            if any(start > first for start in starts):
+                window_pad = torch.tensor([start - first for start in starts], device=idx.device)
+            if caches is not None:
                 logits, _ = self(window[:, cached_len:], caches=caches, offset=cached_len, pad=window_pad)
                 cached_len = window.size(1)
             else:
-                if caches is not None:  # cropping shifts every position: the cache no longer applies
-                    caches = self.new_caches(idx.size(0))
-                    cached_len = 0
                 logits, _ = self(window, pad=window_pad)
             logits = logits[:, -1, : self.vocab_limit]
             next_token = sample_next(logits, temperature, top_k, top_p, generator)

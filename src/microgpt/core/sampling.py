@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
+
 import torch
 
 from microgpt.core.errors import ConfigError
@@ -25,16 +29,44 @@ def left_padding(pad: torch.Tensor, offset: int, T: int) -> dict[str, torch.Tens
     return {"positions": positions, "attn_mask": mask[:, None]}
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    def number(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-    if not number(temperature) or temperature < 0:
-        raise ConfigError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse settings that cannot sample (ConfigError, a ValueError), before any work is done."""
+    if not _number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ConfigError(f"top_k must be >= 1 or null, got {top_k!r}")
-    if top_p is not None and (not number(top_p) or not 0.0 < top_p <= 1.0):
-        raise ConfigError(f"top_p must be in (0, 1] or null, got {top_p}")
+        raise ConfigError(f"top_k must be an integer >= 1 or null (None: no cut), got {top_k!r}")
+    if top_p is not None and (not _number(top_p) or not 0.0 < top_p <= 1.0):
+        raise ConfigError(f"top_p must be in (0, 1] or null (None: no nucleus cut), got {top_p!r}")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to continue a prompt: what `generate`, `LanguageModel.stream_text / generate_text /
+    generate_texts` take. Checked when made, so a bad value fails before any token is sampled."""
+
+    max_new_tokens: int = 50
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = 200  # None: no top-k cut
+    top_p: float | None = None  # nucleus sampling, in (0, 1]
+    seed: int | None = None  # None: torch's global generator
+    stop_at_eot: bool = True
+
+    def __post_init__(self) -> None:
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"max_new_tokens must be an integer >= 0, got {n!r}")
+        check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ConfigError(f"seed must be an integer or None, got {self.seed!r}")
+        if not isinstance(self.stop_at_eot, bool):
+            raise ConfigError(f"stop_at_eot must be true or false, got {self.stop_at_eot!r}")
+
+    def replace(self, **changes) -> SamplingOptions:
+        return dataclasses.replace(self, **changes)
 
 
 def sample_next(

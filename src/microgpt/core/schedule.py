@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from microgpt.core.errors import ConfigError, require_positive_int
+
+# The share of a schedule a warmup longer than the schedule itself is cut to: `max_steps=20` alone works with
+# the default 100-step warmup (it warms up for 2), instead of refusing a run whose length was all
+# the user changed.
+WARMUP_CAP = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +27,27 @@ class Warmup:
     warmup_steps: int
     init_lr: float = 0.0
     end_lr: float = 0.0
+
+    length_setting: ClassVar[str] = ""  # the field holding the schedule's whole length
+
+    @classmethod
+    def fit_warmup(cls, settings: dict) -> tuple[dict, str | None]:
+        """`settings` (this schedule's config) with a warmup as long as the whole schedule or longer
+        cut to WARMUP_CAP of it, and the warning that says so; else unchanged."""
+        warmup, total = settings.get("warmup_steps"), settings.get(cls.length_setting)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (warmup, total)):
+            return settings, None  # __post_init__ reports bad values
+        if warmup + cls.later_steps(settings, total) <= total or warmup < total:
+            return settings, None  # it fits, or it is a choice made for this length: __post_init__ says why not
+        capped = int(WARMUP_CAP * total)
+        return {**settings, "warmup_steps": capped}, (
+            f"schedule.warmup_steps={warmup} does not fit in schedule.{cls.length_setting}={total}; warming up for "
+            f"{capped} steps ({WARMUP_CAP:.0%}) instead (set schedule.warmup_steps to choose)")
+
+    @classmethod
+    def later_steps(cls, settings: dict, total: int) -> int:
+        """Steps the schedule needs after the warmup."""
+        return 0
 
     def __post_init__(self) -> None:
         for name, setting in (("peak_lr", "optim.lr"), ("init_lr", "schedule.init_lr"), ("end_lr", "schedule.end_lr")):
@@ -52,6 +79,7 @@ class WarmupCosine(Warmup):
     """Linear warmup, then cosine decay to `end_lr` (optax's warmup_cosine_decay_schedule)."""
 
     decay_steps: int  # total length, warmup included, as in optax
+    length_setting: ClassVar[str] = "decay_steps"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,6 +103,12 @@ class WarmupStableDecay(Warmup):
 
     total_steps: int  # the whole schedule, warmup and cooldown included
     cooldown_fraction: float = 0.2
+    length_setting: ClassVar[str] = "total_steps"
+
+    @classmethod
+    def later_steps(cls, settings: dict, total: int) -> int:
+        fraction = settings.get("cooldown_fraction", 0.2)
+        return round(fraction * total) if isinstance(fraction, (int, float)) else 0
 
     def __post_init__(self) -> None:
         super().__post_init__()

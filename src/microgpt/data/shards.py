@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from microgpt.core.errors import DataError
+from microgpt.core.errors import DataError, MicroGPTError
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.core.tokenizers import tokenizer_from_state
 
 MANIFEST = "manifest.json"
+SHARD_NAME = re.compile(r"(train|val)_\d{6}\.bin")  # what ShardWriter names its files
 FORMAT = "microgpt-token-shards"
 VERSION = 1
 
@@ -81,13 +83,13 @@ class TokenShards:
             raise DataError(f"{self.dir} has no {MANIFEST}: prepare it with `python -m microgpt.prepare out={self.dir}` "
                             f"(an interrupted prepare leaves no manifest)")
         try:
-            self.manifest = json.loads(path.read_text())
-            if self.manifest.get("format") != FORMAT:
-                raise ValueError("not a token-shard manifest")
+            self.manifest = json.loads(path.read_text(encoding="utf-8"))
+            check_manifest(self.manifest)
             self.dtype = np.dtype(self.manifest["dtype"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path} is corrupt ({e}); prepare the shards again") from e
-        self.tokenizer = tokenizer_from_state(self.manifest["tokenizer"])
+            self.tokenizer = tokenizer_from_state(self.manifest["tokenizer"])
+        except (ValueError, KeyError, TypeError, AttributeError, MicroGPTError) as e:
+            raise DataError(f"{path} is corrupt ({_first_line(e)}); re-run python -m microgpt.prepare "
+                            f"out={self.dir} with the same data= and tokenizer=") from e
 
     def arrays(self, split: str) -> list[np.ndarray]:
         out = []
@@ -98,6 +100,38 @@ class TokenShards:
                 raise DataError(f"shard {file} is missing or has the wrong size (want {expected} bytes); prepare again")
             out.append(np.memmap(file, dtype=self.dtype, mode="r"))
         return out
+
+
+def check_manifest(manifest) -> None:
+    """ValueError naming the first field that is missing or of the wrong type."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} manifest")
+    if manifest.get("dtype") not in ("uint16", "uint32"):
+        raise ValueError(f"dtype is {manifest.get('dtype')!r}, not uint16 or uint32")
+    if not isinstance(manifest.get("tokenizer"), dict):
+        raise ValueError("no tokenizer")
+    for split in ("train", "val"):
+        shards = manifest.get(split)
+        if not isinstance(shards, list):
+            raise ValueError(f"{split!r} is not a list of shards")
+        for shard in shards:
+            if not isinstance(shard, dict) or not SHARD_NAME.fullmatch(str(shard.get("file"))) \
+                    or isinstance(shard.get("tokens"), bool) or not isinstance(shard.get("tokens"), int) \
+                    or shard["tokens"] < 0:
+                raise ValueError(f"a {split} shard entry is not {{file: {split}_NNNNNN.bin, tokens: <count>}}: {shard!r}")
+
+
+def remove_old_shards(out_dir: Path) -> int:
+    """Delete the files a previous prepare wrote here (shards and their partial files), nothing else."""
+    old = [p for p in out_dir.iterdir() if SHARD_NAME.fullmatch(p.name.removesuffix(".part"))]
+    for p in old:
+        p.unlink()
+    return len(old)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def write_split(out_dir: Path, prefix: str, chunks: Iterable[np.ndarray], dtype, shard_tokens: int, progress=None) -> list[dict]:

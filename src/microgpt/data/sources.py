@@ -13,8 +13,8 @@ from pathlib import Path
 
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.records import record_texts
+from microgpt.data.textfiles import data_format, read_text
 
-TEXT_SUFFIXES = {".txt", ".md", ".text", ""}
 JSON_SUFFIXES = {".jsonl", ".json"}
 
 
@@ -34,10 +34,7 @@ def documents_from(source: dict) -> Iterator[str]:
 def _documents(source: dict) -> Iterator[str]:
     kind = source.get("kind")
     if kind == "text":
-        text = source.get("text")
-        if not isinstance(text, str):
-            raise ConfigError("a text source needs `text:` (a string)")
-        yield text
+        yield literal_text(source.get("text"))
     elif kind == "files":
         yield from file_documents(source.get("paths"), source.get("text_field", "text"))
     elif kind == "url":
@@ -54,6 +51,17 @@ def _documents(source: dict) -> Iterator[str]:
         raise ConfigError(f"unknown data source kind {kind!r}; known: {', '.join(SOURCE_KINDS)}")
 
 
+def literal_text(text) -> str:
+    """`data=text`: the string itself is the corpus. A string that names an existing file is still
+    taken literally, with a warning pointing at the file form."""
+    if not isinstance(text, str):
+        raise ConfigError("a text source needs `text:` (a string); for a file use data=files 'data.paths=[notes.txt]'")
+    if len(text) < 4096 and "\n" not in text and os.path.isfile(os.path.expanduser(text)):
+        warnings.warn(f"data.text is the literal text {text!r}, which is also a file name; to train on the file, "
+                      f"use data=files 'data.paths=[{text}]'", stacklevel=2)
+    return text
+
+
 def url_documents(source: dict) -> Iterator[str]:
     """A file over HTTP(S), downloaded once into the cache, then read like a local file."""
     from microgpt.io.download import fetch
@@ -63,7 +71,7 @@ def url_documents(source: dict) -> Iterator[str]:
         raise ConfigError("a url source needs `url:`")
     kwargs = {k: source[k] for k in ("sha256", "max_bytes", "timeout", "retries") if source.get(k) is not None}
     path = fetch(url, cache_dir=source.get("cache_dir"), **kwargs)
-    yield from file_documents([path], source.get("text_field", "text"), suffix=Path(url.split("?")[0]).suffix)
+    yield from file_documents([path], source.get("text_field", "text"), suffix=data_format(url.split("?")[0]))
 
 
 def mixture_documents(components: list[dict], seed: int) -> Iterator[str]:
@@ -129,9 +137,10 @@ def expand_paths(patterns) -> list[Path]:
 
 
 def file_documents(patterns, text_field: str = "text", suffix: str | None = None) -> Iterator[str]:
-    """.txt (and anything else) is one document per file; .jsonl/.json/.parquet give one per record."""
+    """.txt (and anything else) is one document per file; .jsonl/.json/.parquet give one per record.
+    Any of them may be compressed (gzip, bzip2, xz, zstd: `corpus.jsonl.gz`)."""
     for path in expand_paths(patterns):
-        kind = (suffix or path.suffix).lower()
+        kind = suffix if suffix is not None else data_format(path)
         if kind in JSON_SUFFIXES:
             yield from json_documents(path, text_field, is_array=kind == ".json")
         elif kind == ".parquet":
@@ -153,17 +162,6 @@ def parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         for value in batch.column(0).to_pylist():
             if isinstance(value, str):
                 yield value
-
-
-def read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-        warnings.warn(f"{path}: {bad} invalid UTF-8 sequences replaced with U+FFFD", stacklevel=2)
-        return text
 
 
 def json_documents(path: Path, text_field: str, is_array: bool = False) -> Iterator[str]:

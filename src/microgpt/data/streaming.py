@@ -11,13 +11,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.data.packing import tokenized_chunks
-from microgpt.data.sources import documents_from
+from microgpt.data.splits import corpus, without
 
 
-def documents_after(sources: list[dict], skip: int) -> Iterator[str]:
-    """The training stream: every source in order, after the first `skip` documents (validation)."""
-    docs = itertools.chain.from_iterable(documents_from(s) for s in sources)
-    return itertools.islice(docs, skip, None)
+def documents_after(sources: list[dict], skip: int, held_out: frozenset[bytes] = frozenset()) -> Iterator[str]:
+    """The training stream: every source in order, after the first `skip` documents (validation),
+    without any later copy of those (a mixture repeats its sources)."""
+    return without(itertools.islice(corpus(sources), skip, None), held_out)
 
 
 def pack(chunks: Iterator[np.ndarray], block_size: int) -> Iterator[np.ndarray]:
@@ -53,6 +53,7 @@ class StreamingWindows(IterableDataset):
         world_size: int = 1,
         start_batches: int = 0,
         epochs: int | None = None,
+        held_out: frozenset[bytes] = frozenset(),
     ) -> None:
         self.sources = sources
         self.tokenizer = tokenizer
@@ -63,6 +64,7 @@ class StreamingWindows(IterableDataset):
         self.world_size = world_size
         self.start_batches = start_batches
         self.epochs = epochs
+        self.held_out = held_out
 
     def slot(self) -> tuple[int, int, int]:
         """(this slot, number of slots, this worker's batches already consumed)."""
@@ -75,7 +77,7 @@ class StreamingWindows(IterableDataset):
         epochs = itertools.count() if self.epochs is None else range(self.epochs)
         for _ in epochs:
             produced = False
-            for i, doc in enumerate(documents_after(self.sources, self.skip_documents)):
+            for i, doc in enumerate(documents_after(self.sources, self.skip_documents, self.held_out)):
                 if i % slots == slot:
                     produced = True
                     yield doc

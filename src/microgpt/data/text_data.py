@@ -4,7 +4,6 @@ LightningDataModule (microgpt.lightning.datamodule) adds only where the trainer 
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 
 import numpy as np
@@ -17,7 +16,7 @@ from microgpt.core.tokenizer import Tokenizer
 from microgpt.core.tokenizers import build_tokenizer
 from microgpt.data.packing import PackedWindows, StepIndexedSampler, tokenize_documents
 from microgpt.data.shards import TokenShards
-from microgpt.data.sources import documents_from
+from microgpt.data.splits import corpus, doc_key, head_of, require_fraction, split_tokens
 from microgpt.data.streaming import StreamingWindows
 
 log = logging.getLogger(__name__)
@@ -30,10 +29,12 @@ class TextData:
     """Training and validation windows, in one of three modes:
 
     - `memory` (default): every source is read and tokenized up front; validation is the last
-      `val_fraction` of the tokens (or `val_sources`). Random windows, reshuffled each epoch.
+      `val_fraction` of the tokens (or `val_sources`), and no copy of a validation document
+      trains. Random windows, reshuffled each epoch.
     - `stream`: documents are read, tokenized and packed on the fly in DataLoader workers, each
       rank and worker reading a disjoint part; validation is the first `val_documents` documents
-      (or `val_sources`). For corpora too large to tokenize up front.
+      (or `val_sources`), whose later copies training skips. For corpora too large to tokenize up
+      front; a corpus too small to give every reader a document is read whole, split as in memory.
     - `shards`: token shards written by `python -m microgpt.prepare`, memory-mapped; random windows.
 
     In every mode the data position follows from the optimizer step, so a resumed run sees
@@ -59,8 +60,8 @@ class TextData:
         require_positive_int("data.batch_size", batch_size)
         if mode not in MODES:
             raise ConfigError(f"data.mode must be one of {MODES}, got {mode!r}")
-        if mode == "memory" and not val_sources and not (isinstance(val_fraction, float) and 0.0 < val_fraction < 1.0):
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if mode == "memory" and not val_sources:
+            require_fraction(val_fraction)
         if mode == "shards" and not shards_dir:
             raise ConfigError("data.mode=shards needs data.shards_dir (a directory written by python -m microgpt.prepare)")
         self.sources = list(sources or [])
@@ -81,6 +82,8 @@ class TextData:
         self.tokenizer: Tokenizer | None = None
         self.train_tokens: np.ndarray | list[np.ndarray] | None = None  # None when streaming
         self.val_tokens: np.ndarray | list[np.ndarray] | None = None
+        self.held_out: frozenset[bytes] = frozenset()  # keys of the validation documents (stream mode)
+        self.readers = 1  # stream mode: the ranks x workers the held-out documents were counted for
 
     def load(self) -> Tokenizer:
         """Read (and, except when streaming, tokenize) the data; returns the tokenizer, whose
@@ -102,43 +105,79 @@ class TextData:
         return build_tokenizer(self.tokenizer_cfg, training_texts=texts)
 
     def _load_memory(self) -> None:
-        train_docs = list(itertools.chain.from_iterable(documents_from(s) for s in self.sources))
-        val_docs = list(itertools.chain.from_iterable(documents_from(s) for s in self.val_sources))
+        self._split_in_memory(list(corpus(self.sources)))
+
+    def _split_in_memory(self, train_docs: list[str]) -> None:
+        """Everything tokenized up front; validation is `val_sources`, else the last `val_fraction`
+        of the tokens (see `split_tokens`: no validation document is ever trained on)."""
+        val_docs = list(corpus(self.val_sources))
         if not any(d.strip() for d in train_docs):
             raise DataError("the training corpus is empty: the configured data.sources contain no text")
         self.tokenizer = self._build_tokenizer(train_docs + val_docs)
-        tokens = tokenize_documents(train_docs, self.tokenizer)
-        if val_docs:
-            self.train_tokens, self.val_tokens = tokens, tokenize_documents(val_docs, self.tokenizer)
+        if val_docs:  # the user's choice: used as given
+            self.train_tokens = tokenize_documents(train_docs, self.tokenizer)
+            self.val_tokens = tokenize_documents(val_docs, self.tokenizer)
         else:
-            n_val = int(len(tokens) * self.val_fraction)
-            self.train_tokens, self.val_tokens = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+            self.train_tokens, self.val_tokens = split_tokens(train_docs, self.tokenizer, self.val_fraction)
 
     def _load_stream(self) -> None:
         if not isinstance(self.tokenizer_cfg, Tokenizer) and self.tokenizer_cfg.get("kind") == "char" \
                 and not self.tokenizer_cfg.get("path"):
             raise ConfigError("a character tokenizer learns its vocabulary from the whole corpus, which streaming "
                               "never holds: use data.mode=memory, or tokenizer=gpt2 / a saved tokenizer.path")
+        self._hold_out_stream(self._readers())
+
+    def _readers(self) -> int:
+        return self._rank_and_world()[1] * max(1, self.num_workers)
+
+    def _hold_out_stream(self, readers: int) -> None:
+        """Every reader (rank x DataLoader worker) needs a training document of its own. A corpus
+        with fewer than that beyond the validation documents is small: it is read whole and split
+        by tokens, as in memory mode, rather than leaving a reader with nothing."""
+        self.readers = readers
+        held = 0 if self.val_sources else self.val_documents
+        head, _, whole = head_of(self.sources, held + readers)
+        if whole:
+            log.info("stream: the corpus has only %d documents (data.val_documents=%d, %d readers): read whole, "
+                     "validation is %s", len(head), held, readers,
+                     "data.val_sources" if self.val_sources else f"the last {self.val_fraction:.0%} of its tokens")
+            self._split_in_memory(head)
+            return
         self.tokenizer = self._build_tokenizer(None)
         if self.val_sources:
-            val_docs = itertools.chain.from_iterable(documents_from(s) for s in self.val_sources)
+            self.val_tokens = tokenize_documents(corpus(self.val_sources), self.tokenizer)
         else:
-            val_docs = itertools.islice(itertools.chain.from_iterable(documents_from(s) for s in self.sources),
-                                        self.val_documents)
-        self.val_tokens = tokenize_documents(val_docs, self.tokenizer)
+            self.held_out = frozenset(doc_key(d) for d in head[:held])
+            self.val_tokens = tokenize_documents(head[:held], self.tokenizer)
+
+    def check_readers(self) -> None:
+        """Once the trainer says how many ranks there are (data is loaded before it starts): a stream
+        that now has more readers than documents is read whole instead."""
+        if self.mode == "stream" and self.train_tokens is None and self._readers() > self.readers:
+            self._hold_out_stream(self._readers())
+            self._check_sizes()
 
     def _load_shards(self) -> None:
         shards = TokenShards(self.shards_dir)
         self.tokenizer = shards.tokenizer
+        wanted = self._configured_tokenizer()
+        if wanted is None:
+            log.info("shards: using their own tokenizer (the %s), the one they were prepared with", describe(shards.tokenizer))
+        elif wanted.state() != shards.tokenizer.state():
+            raise ConfigError(f"the shards in {self.shards_dir} were tokenized with the {describe(shards.tokenizer)}, not with "
+                              f"the configured {describe(wanted)}; prepare them again with this tokenizer "
+                              f"(python -m microgpt.prepare out=...), or configure the shards' tokenizer")
+        self.train_tokens, self.val_tokens = shards.arrays("train"), shards.arrays("val")
+
+    def _configured_tokenizer(self) -> Tokenizer | None:
+        """The tokenizer the config pins down (a ready one, a file, a named encoding); None for
+        one learned from the corpus (tokenizer=char without a path), which shards bring their own of."""
         wanted = self.tokenizer_cfg
         if isinstance(wanted, Tokenizer):
-            wanted = wanted.state()
-        if wanted.get("kind") and wanted.get("kind") != "char" and not wanted.get("path") \
-                and build_tokenizer(wanted).state() != shards.tokenizer.state():
-            raise ConfigError(f"the shards in {self.shards_dir} were tokenized with {shards.tokenizer.state().get('kind')} "
-                              f"{shards.tokenizer.state().get('encoding', '')}, not the configured tokenizer; "
-                              f"prepare them again or pick the matching tokenizer=")
-        self.train_tokens, self.val_tokens = shards.arrays("train"), shards.arrays("val")
+            return wanted
+        if wanted.get("path") or (wanted.get("kind") and wanted.get("kind") != "char"):
+            return build_tokenizer(wanted)
+        return None
 
     def _check_sizes(self) -> None:
         need = self.block_size + 1
@@ -166,10 +205,10 @@ class TextData:
         rank, world = self._rank_and_world()
         common = dict(num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=self.num_workers > 0, generator=private_generator(self.seed))
-        if self.mode == "stream":
+        if self.train_tokens is None:
             dataset = StreamingWindows(
                 self.sources, self.tokenizer, self.block_size, self.batch_size,
-                skip_documents=0 if self.val_sources else self.val_documents,
+                skip_documents=0 if self.val_sources else self.val_documents, held_out=self.held_out,
                 rank=rank, world_size=world, start_batches=self._micro_batches_done(),
             )
             return DataLoader(dataset, batch_size=self.batch_size, **common)
@@ -189,6 +228,12 @@ class TextData:
         indices = list(range(rank, total, world))
         batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
         return DataLoader(dataset, batch_sampler=batches, num_workers=0, generator=private_generator(self.seed))
+
+def describe(tokenizer: Tokenizer) -> str:
+    state = tokenizer.state()
+    detail = state.get("encoding") or f"{tokenizer.vocab_size} ids"
+    return f"{state.get('kind')} tokenizer ({detail})"
+
 
 def count_tokens(tokens) -> int:
     return len(tokens) if isinstance(tokens, np.ndarray) else sum(len(a) for a in tokens)

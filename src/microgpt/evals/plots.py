@@ -72,28 +72,49 @@ def find_runs(directory: Path) -> list[tuple[Path, str]]:
         return [(directory, directory.name)]
     jobs = sorted((d for d in directory.iterdir() if d.is_dir() and (d / METRICS_FILE).is_file()),
                   key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
-    labels = distinguishing_overrides(jobs)
-    return [(job, shorten(f"{job.name}: {labels[job]}" if labels[job] else job.name)) for job in jobs]
+    labels = run_labels(jobs)
+    return [(job, labels[job]) for job in jobs]
 
 
-def shorten(label: str, limit: int = 48) -> str:
-    return label if len(label) <= limit else label[: limit - 1] + "…"
-
-
-def distinguishing_overrides(jobs: list[Path]) -> dict[Path, str]:
-    """For each job, the `key=value` overrides whose value is not the same in every job."""
-    overrides = {}
-    for job in jobs:
-        path = job / ".hydra" / "overrides.yaml"
-        items = []
-        if path.is_file():
-            import yaml
-
-            items = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
-        overrides[job] = dict(item.partition("=")[::2] for item in items)
+def run_labels(run_dirs: list[Path]) -> dict[Path, str]:
+    """A label per run directory that tells the runs apart: the job number (or directory name) and
+    the overrides whose value is not the same in every run, e.g. `job 2 (optim.lr=0.001 seed=3)`."""
+    overrides = {d: job_overrides(d) for d in run_dirs}
     keys = {k for o in overrides.values() for k in o}
     varying = sorted(k for k in keys if len({o.get(k) for o in overrides.values()}) > 1)
-    return {job: " ".join(f"{k}={overrides[job].get(k)}" for k in varying) for job in jobs}
+    labels = {}
+    for d in run_dirs:
+        own = " ".join(f"{k}={clip(overrides[d][k])}" for k in varying if k in overrides[d])
+        name = f"job {d.name}" if d.name.isdigit() else d.name
+        labels[d] = f"{name} ({own})" if own else name
+    if len(set(labels.values())) < len(labels):  # e.g. job 0 of two sweeps: name the sweeps too
+        labels = {d: f"{d.parent.name}/{label}" for d, label in labels.items()}
+    return labels
+
+
+def checkpoint_labels(paths: list[Path]) -> list[str]:
+    """Labels for checkpoints (soup ingredients) that tell them apart: their runs' labels (see
+    `run_labels`; a checkpoint in `<run>/checkpoints/` belongs to `<run>`), and the file name
+    where one run gives several."""
+    runs = [p.parent.parent if p.parent.name == "checkpoints" else p.parent for p in paths]
+    labels = run_labels(list(dict.fromkeys(runs)))
+    return [f"{labels[r]} {p.name}" if runs.count(r) > 1 else labels[r] for r, p in zip(runs, paths)]
+
+
+def job_overrides(run_dir: Path) -> dict[str, str]:
+    """A run's command-line overrides (Hydra's `.hydra/overrides.yaml`) as {key: value}."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    items = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+    return dict(item.partition("=")[::2] for item in items)
+
+
+def clip(value: str, limit: int = 32) -> str:
+    """A long override value (a list of paths) cut in the middle: its start and its end both show."""
+    return value if len(value) <= limit else value[: limit // 2 - 1] + "…" + value[-(limit // 2):]
 
 
 def smooth(values: list[float]) -> list[float]:
@@ -213,6 +234,10 @@ def plot_soup_report(report_path: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     report = json.loads(report_path.read_text())
+    ingredients = report.get("ingredients") or []
+    if len({i.get("name") for i in ingredients}) < len(ingredients):  # e.g. all `last.ckpt`, from older reports
+        for item, label in zip(ingredients, checkpoint_labels([Path(i.get("path", "")) for i in ingredients])):
+            item["name"] = label
     panels: dict[str, list[tuple[str, float]]] = {}
     for path, value in numeric_leaves(report):
         metric = path[-1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from microgpt.core.errors import ConfigError
+from microgpt.core.errors import CheckpointError, ConfigError, DataError, MicroGPTError
 from microgpt.core.language_model import LanguageModel
 from microgpt.evals.hellaswag import evaluate_hellaswag
 from microgpt.evals.perplexity import held_out_loss
@@ -55,17 +55,38 @@ def hellaswag_task(lm: LanguageModel, options: DictConfig) -> dict:
     return result.metrics()
 
 
-def run_tasks(cfg: DictConfig) -> dict[str, dict]:
+def run_tasks(cfg: DictConfig) -> tuple[dict[str, dict], dict[str, MicroGPTError]]:
+    """(results of the tasks that finished, errors of those that could not run): one task that
+    cannot run (HellaSwag offline, say) does not throw away the others' results."""
     tasks = check_tasks(to_plain(cfg.tasks))
     lm = load_for_eval(cfg.ckpt, cfg.device)
     results: dict[str, dict] = {}
+    failures: dict[str, MicroGPTError] = {}
     for task in tasks:
-        if task == "val_loss":
-            results[task] = val_loss_task(lm, cfg.data, cfg.seed, cfg.val_batches)
-        else:
-            results[task] = hellaswag_task(lm, cfg.hellaswag)
+        try:
+            if task == "val_loss":
+                results[task] = val_loss_task(lm, cfg.data, cfg.seed, cfg.val_batches)
+            else:
+                results[task] = hellaswag_task(lm, cfg.hellaswag)
+        except (ConfigError, DataError, CheckpointError) as e:
+            failures[task] = e
+            log.warning("%s could not run: %s", task, " ".join(str(e).split()))
+            continue
         log.info("%s: %s", task, results[task])
-    return results
+    return results, failures
+
+
+def failed_tasks_error(failures: dict[str, MicroGPTError], finished: list[str], saved: Path | None) -> MicroGPTError:
+    """One error for the tasks that could not run, saying what did finish and where it was saved."""
+    reasons = "; ".join(f"{task}: {' '.join(str(e).split())}" for task, e in failures.items())
+    done = f"{', '.join(finished)} finished and saved to {saved}" if finished else "no task finished"
+    first = next(iter(failures.values()))
+    return type(first)(f"{len(failures)} eval task(s) could not run ({reasons}); {done}")
+
+
+def output_files(out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    return [out / "results.json", out / "results.md"]
 
 
 def format_value(value) -> str:
@@ -81,10 +102,13 @@ def results_markdown(model: str, results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: str | Path, model: str, results: dict[str, dict]) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "results.json", out / "results.md"
-    json_path.write_text(json.dumps({"model": model, "results": results}, indent=2) + "\n")
+def write_results(out_dir: str | Path, model: str, results: dict[str, dict],
+                  failed: dict[str, MicroGPTError] | None = None) -> tuple[Path, Path]:
+    json_path, md_path = output_files(out_dir)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model, "results": results}
+    if failed:
+        payload["failed"] = {task: " ".join(str(e).split()) for task, e in failed.items()}
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
     md_path.write_text(results_markdown(model, results))
     return json_path, md_path

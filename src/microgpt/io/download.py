@@ -37,11 +37,12 @@ def fetch(
     cache_dir: str | os.PathLike | None = None,
     sha256: str | None = None,
     max_bytes: int = 2 << 30,
-    timeout: float = 30.0,
+    timeout: float = 300.0,
     retries: int = 3,
     backoff: float = 1.0,
 ) -> Path:
-    """The local path of `url`, downloading it first unless it is cached."""
+    """The local path of `url`, downloading it first unless it is cached. `timeout` bounds each whole
+    attempt (connecting and the full body), so a server trickling bytes cannot stall a run."""
     scheme = urlparse(url).scheme
     if scheme not in ("http", "https"):
         raise DataError(f"only http(s) URLs can be downloaded, got {url!r}")
@@ -61,7 +62,8 @@ def fetch(
         except (urllib.error.URLError, OSError, http.client.HTTPException, _Truncated) as e:
             last_error = e
             log.warning("download of %s failed (attempt %d of %d): %s", url, attempt + 1, retries + 1, e)
-    raise DataError(f"could not download {url} after {retries + 1} attempts ({last_error}); check the URL and network")
+    hint = "raise data.timeout (seconds per whole attempt)" if isinstance(last_error, _TimedOut) else "check the URL and network"
+    raise DataError(f"could not download {url} after {retries + 1} attempts ({last_error}); {hint}")
 
 
 class _Permanent(Exception):
@@ -72,8 +74,27 @@ class _Truncated(Exception):
     pass
 
 
+class _TimedOut(OSError):
+    pass
+
+
+def _read_within(response, deadline: float, timeout: float) -> bytes:
+    """One chunk of the body, as soon as any bytes arrive, waiting no later than `deadline`."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _TimedOut(f"timed out after {timeout:g} s")
+    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)  # urllib keeps the socket private
+    if sock is not None:
+        sock.settimeout(remaining)
+    try:
+        return response.read1(CHUNK)
+    except TimeoutError as e:
+        raise _TimedOut(f"timed out after {timeout:g} s") from e
+
+
 def _download_once(url: str, target: Path, sha256: str | None, max_bytes: int, timeout: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "microgpt"})
+    deadline = time.monotonic() + timeout
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -89,7 +110,7 @@ def _download_once(url: str, target: Path, sha256: str | None, max_bytes: int, t
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
-                while chunk := response.read(CHUNK):
+                while chunk := _read_within(response, deadline, timeout):
                     received += len(chunk)
                     if received > max_bytes:
                         raise _Permanent(f"{url} sent more than the {max_bytes:,}-byte cap; raise max_bytes if intended")

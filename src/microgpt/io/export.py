@@ -61,6 +61,15 @@ def export(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike) -> list[Pat
     return written
 
 
+def export_files(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike) -> list[Path]:
+    """The files `export` writes into `out` for this model (to check them before writing)."""
+    out = Path(out)
+    names = [WEIGHTS_FILE, "config.json" if model.config.pos_emb == "learned" else MICROGPT_CONFIG_FILE]
+    if tokenizer.state() != TiktokenTokenizer("gpt2").state():
+        names.append(TOKENIZER_FILE)
+    return [out / name for name in names]
+
+
 def dtype_name(model: GPT) -> str:
     return str(model.transformer.wte.weight.dtype).removeprefix("torch.")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 import lightning as L
 from omegaconf import DictConfig
@@ -18,6 +20,8 @@ from microgpt.lightning.checkpoint_io import AtomicCheckpointIO
 from microgpt.lightning.datamodule import TextDataModule
 from microgpt.lightning.module import GPTModule
 from microgpt.lightning.plan import RunPlan
+
+log = logging.getLogger(__name__)
 
 
 def build_datamodule(data: DictConfig, tokenizer: dict | Tokenizer, seed: int,
@@ -61,9 +65,26 @@ def build_module(cfg: DictConfig, tokenizer: Tokenizer) -> GPTModule:
         model=model_settings(cfg, tokenizer),
         tokenizer=tokenizer.state(),
         optim=to_plain(cfg.optim),
-        schedule=to_plain(cfg.schedule),
+        schedule=fitted_schedule(to_plain(cfg.schedule)),
         compile=bool(cfg.get("compile", False)),
     )
+
+
+def fitted_schedule(settings: dict) -> dict:
+    """The schedule config with a warmup longer than the run cut to fit (one warning line), so
+    that changing max_steps alone works."""
+    from microgpt.core.schedule import Warmup
+
+    try:
+        schedule = hydra.utils.get_class(settings.get("_target_", ""))
+    except Exception:  # not a class: the module reports the setting when it instantiates it
+        return settings
+    if not (isinstance(schedule, type) and issubclass(schedule, Warmup)):
+        return settings
+    settings, warning = schedule.fit_warmup(settings)
+    if warning:
+        log.warning(warning)
+    return settings
 
 
 def instantiate_all(group: DictConfig | None) -> list:

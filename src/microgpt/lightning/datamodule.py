@@ -22,6 +22,7 @@ class TextDataModule(TextData, L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
+        self.check_readers()  # now that the trainer knows the world size
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -11,7 +11,9 @@ CSV logger whose metrics.csv survives a resume.
 
 from __future__ import annotations
 
+import configparser
 import csv
+import netrc
 import os
 import secrets
 import string
@@ -19,15 +21,18 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from microgpt.core.errors import ConfigError
 from microgpt.io.config import to_plain
 
 RUN_ID_FILE = Path("wandb") / "run_id"
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 LONGEST_CONFIG_STRING = 200
 LONGEST_CONFIG_LIST = 64
 
@@ -133,6 +138,7 @@ def wandb_logger(
 ) -> WandbLogger:
     """A WandbLogger for the run in `save_dir` (see the module docstring). `offline=True` or the
     environment's WANDB_MODE=offline writes `<save_dir>/wandb/offline-run-*` for `wandb sync`."""
+    check_wandb_login(offline)
     run_dir = Path(save_dir)
     default_name, default_group = hydra_job_names(run_dir)
     return MicroGPTWandbLogger(
@@ -148,6 +154,53 @@ def wandb_logger(
         id=persistent_run_id(run_dir),
         resume="allow",
     )
+
+
+def wandb_settings_of(loggers_cfg) -> list[dict]:
+    """The W&B entries of a `logger=` config group (`logger=wandb`, `logger=many`, ...)."""
+    targets = ("microgpt.lightning.loggers.wandb_logger", "lightning.pytorch.loggers.WandbLogger")
+    return [dict(c) for c in (loggers_cfg or {}).values() if c is not None and c.get("_target_") in targets]
+
+
+def check_wandb_login(offline: bool = False) -> None:
+    """Online W&B with no API key anywhere would stop at W&B's login prompt (forever, in a batch
+    job) or fail with a traceback: refuse before anything is trained. Only local files and the
+    environment are read; nothing is sent."""
+    mode = os.environ.get("WANDB_MODE", "online").strip().lower()
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"WANDB_MODE={mode!r} is not a W&B mode; use one of {', '.join(WANDB_MODES)} "
+                          f"(offline: no login or network needed), or unset it")
+    if offline or mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1"):
+        return
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    if os.environ.get("WANDB_ANONYMOUS", "").lower() in ("allow", "must") or _netrc_has_wandb() or _settings_have_key():
+        return
+    raise ConfigError("logger=wandb needs a W&B login and none was found (no WANDB_API_KEY, no `wandb login` "
+                      "entry in ~/.netrc): run `wandb login` or set WANDB_API_KEY; or train offline with "
+                      "WANDB_MODE=offline (upload later with `wandb sync`), or use logger=csv")
+
+
+def _netrc_has_wandb() -> bool:
+    path = Path(os.environ.get("NETRC") or Path.home() / (".netrc" if os.name != "nt" else "_netrc"))
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    try:
+        return bool(netrc.netrc(str(path)).authenticators(host))
+    except FileNotFoundError:
+        return False
+    except (netrc.NetrcParseError, OSError):
+        return True  # a file W&B may still read: let W&B decide
+
+
+def _settings_have_key() -> bool:
+    """An `api_key` in W&B's global settings file (`wandb login` on some setups writes it there)."""
+    folder = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb")
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(folder / "settings")
+    except configparser.Error:
+        return True
+    return any(parser.has_option(section, "api_key") for section in parser.sections())
 
 
 @rank_zero_only

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from microgpt.core.errors import CheckpointError, Interrupted, Requeued, require_positive_int
+from microgpt.core.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    MicroGPTError,
+    Requeued,
+    require_positive_int,
+)
 from microgpt.io.run_dir import RunDirLock, resolve_ckpt_path
 from microgpt.lightning.builders import build_datamodule, build_module, build_trainer, training_tokenizer
 from microgpt.lightning.callbacks.checkpoints import RunCheckpoint
 from microgpt.lightning.callbacks.interrupt import StopOnSignal
+from microgpt.lightning.callbacks.progress import use_summary_lines
 from microgpt.lightning.callbacks.shared_run_dir import SharedRunDirectory
 from microgpt.lightning.distributed import teardown_distributed
-from microgpt.lightning.loggers import finish_wandb_runs, log_run_config
+from microgpt.lightning.loggers import check_wandb_login, finish_wandb_runs, log_run_config, wandb_settings_of
 from microgpt.lightning.plan import check_devices_available, make_plan
 from microgpt.lightning.ranks import is_first_process, mark_launcher, started_by_first_process
 
@@ -28,10 +39,16 @@ log = logging.getLogger(__name__)
 
 
 def quiet_lightning_logs() -> None:
-    """Route Lightning's messages through the run's own log handlers (console + train.log) once."""
-    lightning_log = logging.getLogger("lightning.pytorch")
+    """Route Lightning's messages through the run's own log handlers (console + train.log) once.
+
+    `import lightning` puts an `INFO: ...` console handler on the `lightning` logger, and
+    `lightning.pytorch` / `lightning.fabric` get their own when imported before logging was set up:
+    with the run's handlers on the root logger, each message came out twice."""
     if logging.getLogger().handlers:
-        lightning_log.handlers.clear()
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
@@ -40,16 +57,70 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train as configured; returns the final validation metrics. One run per run directory at a
     time: a second one there is refused."""
     quiet_lightning_logs()
-    for name in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
-        require_positive_int(name, cfg[name])
-    lock = RunDirLock(cfg.paths.output_dir).acquire() if is_first_process() and not cfg.get("dry_run") else None
+    with run_end_logged():
+        for name in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
+            require_positive_int(name, cfg[name])
+        check_data_paths(cfg)
+        for settings in [] if cfg.get("dry_run") else wandb_settings_of(cfg.get("logger")):
+            check_wandb_login(bool(settings.get("offline")))  # before the data is read
+        lock = RunDirLock(cfg.paths.output_dir).acquire() if is_first_process() and not cfg.get("dry_run") else None
+        try:
+            return _train(cfg)
+        except KeyboardInterrupt:  # before the graceful handlers were up: nothing was trained yet
+            raise Interrupted("stopped by Ctrl-C (SIGINT) before training started; nothing to save", exit_code=130) from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def check_data_paths(cfg: DictConfig) -> None:
+    """`data=files` (the shakespeare_char experiment's data) with no `data.paths=`: say what to pass."""
+    data = cfg.get("data")
+    if data is not None and "paths" in data.keys() and OmegaConf.is_missing(data, "paths"):
+        example = "path/to/shakespeare.txt" if "shakespeare" in str(choice("experiment")) else "corpus.txt"
+        raise ConfigError(f"no training text given: pass data.paths=[{example}] (files, folders or globs of "
+                          f".txt/.jsonl/.parquet), or choose other data with data=<name>")
+
+
+def choice(group: str) -> str | None:
+    """The option the command line chose for a config group (None outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+@contextlib.contextmanager
+def run_end_logged() -> Iterator[None]:
+    """Write why the run ended into its train.log: stderr (where a user error is reported) is
+    often lost with the terminal or the batch job, the run directory is not."""
     try:
-        return _train(cfg)
-    except KeyboardInterrupt:  # before the graceful handlers were up: nothing was trained yet
-        raise Interrupted("stopped by Ctrl-C (SIGINT) before training started; nothing to save", exit_code=130) from None
-    finally:
-        if lock is not None:
-            lock.release()
+        yield
+    except Requeued:
+        log_to_file(logging.INFO, "run ended: pre-empted and handed back to the scheduler")
+        raise
+    except Interrupted as e:
+        log_to_file(logging.WARNING, "run ended: %s", _one_line(e))
+        raise
+    except MicroGPTError as e:
+        log_to_file(logging.ERROR, "run ended with an error: %s", _one_line(e))
+        raise
+    except BaseException as e:  # a crash: its traceback goes into train.log as well
+        log_to_file(logging.ERROR, "run ended by %s: %s", type(e).__name__, _one_line(e), exc_info=True)
+        raise
+    log_to_file(logging.INFO, "run ended: completed")
+
+
+def log_to_file(level: int, message: str, *args, exc_info: bool = False) -> None:
+    """A record for the run's log files alone: the console already shows the reason (report_user_errors'
+    `error:` line), so the console handlers are skipped."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, args, sys.exc_info() if exc_info else None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and level >= handler.level:
+            handler.handle(record)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
@@ -71,6 +142,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path, problem = resume_point(requested, cfg.paths.output_dir)
     extra = [stop] + ([SharedRunDirectory(cfg.paths.output_dir, ckpt_path, problem)] if requested else [])
     trainer = build_trainer(cfg, plan, extra)
+    use_summary_lines(trainer)
     if cfg.get("init_from") and ckpt_path is None:  # a resumed run restores its own weights instead
         from microgpt.io.init_from import initial_weights
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from microgpt.core.errors import CheckpointError, ConfigError
-from microgpt.io.checkpoints import read_checkpoint
+from microgpt.io.checkpoints import check_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class Ingredient:
 def read_ingredients(paths: list[str | Path], names: list[str] | None = None) -> list[Ingredient]:
     ingredients = [Ingredient(names[i] if names else Path(p).name, Path(p), read_checkpoint(p))
                    for i, p in enumerate(paths)]
+    for ingredient in ingredients:
+        check_checkpoint(ingredient.ckpt, str(ingredient.path))  # each one's config describes its weights
     check_compatible(ingredients)
     return ingredients
 

@@ -9,10 +9,19 @@ from pathlib import Path
 import torch
 
 from microgpt.core.errors import ConfigError
+from microgpt.evals.plots import checkpoint_labels
 from microgpt.souping.average import METHODS, Ingredient, average, greedy_soup, soup_checkpoint
 from microgpt.souping.evaluate import Evaluator
 
 log = logging.getLogger(__name__)
+
+
+SOUP_FILES = ("soup.ckpt", "soup_report.json", "soup_report.md")
+
+
+def soup_files(out_dir: Path) -> list[Path]:
+    """What `make_soup` writes into `out_dir`."""
+    return [out_dir / name for name in SOUP_FILES]
 
 
 def make_soup(ingredients: list[Ingredient], evaluator: Evaluator, method: str, out_dir: Path,
@@ -20,6 +29,9 @@ def make_soup(ingredients: list[Ingredient], evaluator: Evaluator, method: str, 
     """Evaluate ingredients, cook the soup(s), write soup.ckpt, soup_report.json and soup_report.md."""
     if method not in METHODS:
         raise ConfigError(f"soup method must be one of {METHODS}, got {method!r}")
+    if len({i.name for i in ingredients}) < len(ingredients):  # e.g. every one a `last.ckpt`
+        for ing, label in zip(ingredients, checkpoint_labels([i.path for i in ingredients])):
+            ing.name = label
     for ing in ingredients:
         ing.metrics = evaluator.metrics(ing.state)
         log.info("ingredient %s: %s", ing.name, ing.metrics)

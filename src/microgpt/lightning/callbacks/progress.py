@@ -1,6 +1,7 @@
 """Progress: a live bar on a terminal; one plain log line every N steps anywhere else (CI, SLURM).
 
-Both know the run's length (the train loader is endless), so both show an ETA.
+Both know the run's length (the train loader is endless), so both show an ETA. And the model
+summary at the start, as log lines (console and train.log) rather than a table printed past them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import sys
 import time
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +95,31 @@ class StepLogLines(ProgressBar):
         if total and total > 0 and done > 0:
             parts.append(f"eta {format_duration(elapsed / done * (total - step))}")
         return " | ".join(parts)
+
+
+class ModelSummaryLines(ModelSummary):
+    """Lightning's model summary through the run's log, without FLOPs it did not count.
+
+    Lightning counts FLOPs only for a module with an `example_input_array`; ours has none (the
+    throughput callback computes FLOPs in closed form), so its table said `Total FLOPs: 0`. Its
+    rich variant also printed straight to the console, missing train.log.
+    """
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  total_flops, **summarize_kwargs) -> None:
+        if not total_flops:
+            summary_data = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *summary_data)
+        if not total_flops:
+            table = "\n".join(line for line in table.splitlines() if not line.rstrip().endswith("Total Flops"))
+        log.info("model summary:\n%s", table)
+
+
+def use_summary_lines(trainer: L.Trainer) -> None:
+    """Swap the model summary Lightning added for `enable_model_summary=true` for ModelSummaryLines
+    (a summary callback the config chose itself stays)."""
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback).__name__ in ("ModelSummary", "RichModelSummary") and type(callback).__module__.startswith("lightning."):
+            trainer.callbacks[i] = ModelSummaryLines(max_depth=callback._max_depth)

@@ -1,0 +1,280 @@
+"""Runs README commands as a user's shell would, with the heavy imports paid once (tests/test_readme.py).
+
+A plain `python -m microgpt.<command> ...` spends 5-15 s importing torch, Lightning and Hydra before it
+does anything. Here one long-lived process, the fork server, imports them once (and no more: no torch
+computation, so no thread pools exist yet), and runs each command in a child forked from it: the child
+chdirs to the command's directory, takes its environment and argv, and runs the module as `__main__`
+with `runpy`, exactly as `python -m` does, then exits with the command's exit status. The server never
+composes a config, so each child starts with Hydra's global state as a new process does.
+
+The shell's part stays the shell's: bash expands the command line (quotes, `$(cat notes.txt)`, globs,
+`VAR=value` prefixes) with `python` defined as a function that writes down its argv and environment
+instead of running. Anything that is not one plain `python -m microgpt.<command>` invocation (pipes,
+`&&` chains, redirections, `python -c`, several python calls, DDP, which starts its ranks by running
+`sys.executable` again) runs as a real `bash -c` subprocess, as before: see `plan`.
+
+Run as a script, this file is the server: requests are JSON lines on stdin, replies JSON lines on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+COMMANDS = ("train", "generate", "eval", "soup", "export", "prepare", "train_tokenizer", "plot")
+# Imported by the server before it forks: everything the commands import, at module level or inside
+# their functions. Lazily imported modules that are not here are imported by each child (correct, slower).
+PRELOAD = [
+    "torch", "lightning", "lightning.pytorch", "hydra", "omegaconf", "numpy",
+    "hydra._internal.utils", "hydra._internal.hydra", "hydra.core.hydra_config", "hydra.experimental.callback",
+    *[f"microgpt.{c}" for c in COMMANDS],
+    "microgpt.cli.check", "microgpt.cli.usage", "microgpt.cli.ddp",
+    "microgpt.lightning.training", "microgpt.io.loading", "microgpt.io.outputs", "microgpt.io.export",
+    "microgpt.io.config", "microgpt.io.init_from", "microgpt.core.sampling", "microgpt.core.bpe",
+    "microgpt.evals.suite", "microgpt.evals.plots", "microgpt.data.prepare", "microgpt.data.sources",
+]
+OPTIONAL_PRELOAD = ["datasets", "tiktoken", "safetensors.torch", "pyarrow", "pyarrow.parquet",
+                    "matplotlib", "matplotlib.figure", "yaml"]
+READY = "fork-server ready"
+
+
+# ---------------------------------------------------------------- the server (a separate process)
+
+def serve() -> None:
+    import importlib
+
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # whatever an import prints goes to the server's log, not into the replies
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for name in OPTIONAL_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a child that needs it imports it (and fails) itself
+            pass
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    replies.write(json.dumps({"ready": READY, "threads": threads, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        replies.write(json.dumps(run_forked(request)) + "\n")
+
+
+def run_forked(request: dict) -> dict:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = child(request)
+        finally:
+            os._exit(code)
+    started, deadline = time.monotonic(), time.monotonic() + request["timeout"]
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return {"returncode": os.waitstatus_to_exitcode(status), "seconds": time.monotonic() - started}
+        if time.monotonic() > deadline:
+            with _suppress():
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return {"returncode": -9, "timed_out": True, "seconds": time.monotonic() - started}
+        time.sleep(0.02)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def child(request: dict) -> int:
+    """What `cd <cwd> && env -i <env> python -m microgpt.<command> <args> </dev/null >out 2>err` does."""
+    import atexit
+    import io
+    import runpy
+    import threading
+    import traceback
+
+    os.setpgid(0, 0)  # a timeout kills the command with whatever it started (DataLoader workers, W&B)
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for fd, target in ((stdin, 0), (out, 1), (err, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=False)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace")
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[0] = os.getcwd()  # `python -m` puts the current directory first
+    module = request["module"]
+    sys.modules.pop(module, None)  # run the module's code afresh as __main__, as `python -m` does
+    sys.argv = [module, *request["args"]]  # runpy sets argv[0] to the module's file
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: BLE001 - the interpreter's own behaviour: traceback, exit status 1
+        traceback.print_exc()
+        code = 1
+    # The interpreter's shutdown: join non-daemon threads, run atexit handlers (logging, W&B), flush.
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        with _suppress():
+            stream.flush()
+    return code & 0xFF
+
+
+# ---------------------------------------------------------------- the client (the test's process)
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    how: str  # "fork server" or "bash -c: <why>"
+    seconds: float
+
+
+class ForkServer:
+    def __init__(self, env: dict[str, str], log: Path, startup_timeout: float = 300):
+        self.log = log
+        self.tmp = Path(tempfile.mkdtemp(prefix="readme-runner-"))
+        self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(log, "wb"), env=env, text=True, bufsize=1)
+        hello = self._reply(startup_timeout)
+        if hello.get("ready") != READY:
+            raise RuntimeError(f"the fork server did not start: {hello}\n{self.log_tail()}")
+        self.threads = hello["threads"]
+        self.count = 0
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def _reply(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(f"no reply from the fork server (exit status {self.proc.poll()})\n{self.log_tail()}")
+        return json.loads(line)
+
+    def run(self, module: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Result:
+        self.count += 1
+        out, err = self.tmp / f"{self.count}.out", self.tmp / f"{self.count}.err"
+        request = {"module": module, "args": args, "env": env, "cwd": str(cwd), "timeout": timeout,
+                   "stdout": str(out), "stderr": str(err)}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self._reply(timeout + 60)
+        stderr = err.read_text(errors="replace") if err.exists() else ""
+        if reply.get("timed_out"):
+            stderr += f"\n[killed after {timeout} s]"
+        return Result(reply["returncode"], out.read_text(errors="replace") if out.exists() else "", stderr,
+                      "fork server", reply["seconds"])
+
+    def close(self) -> None:
+        with _suppress():
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# The function bash calls instead of python: argv NUL-separated, the environment python would get.
+_CAPTURE = r"""python() { printf x >> "$__RR_CALLS"; printf '%s\0' "$@" > "$__RR_ARGV"; env -0 > "$__RR_ENV"; }
+"""
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+@dataclass
+class Plan:
+    module: str | None  # the microgpt module to run in the fork server, or None: a real `bash -c`
+    args: list[str]
+    env: dict[str, str]
+    why: str  # why it falls back to `bash -c` (empty for the fork server)
+
+
+def plan(command: str, cwd: Path, env: dict[str, str]) -> Plan:
+    """How to run `command`: in the fork server when bash, expanding it, calls `python -m microgpt.X`
+    exactly once and nothing else happens on the line; otherwise as `bash -c` (the reason says why)."""
+    def fallback(why: str) -> Plan:
+        return Plan(None, [], env, why)
+
+    try:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+    except ValueError as e:
+        return fallback(f"the line does not split ({e})")
+    operators = [w for w in words if w and all(c in "();<>|&" for c in w)]
+    if operators:
+        return fallback(f"shell operators {' '.join(dict.fromkeys(operators))}")
+    program = next((w for w in words if not _ASSIGNMENT.match(w)), "")
+    if program != "python":
+        return fallback(f"runs {program or 'nothing'!r}, not python")
+    with tempfile.TemporaryDirectory(prefix="readme-argv-") as tmp:
+        files = {k: str(Path(tmp) / k) for k in ("calls", "argv", "env")}
+        capture_env = {**env, "__RR_CALLS": files["calls"], "__RR_ARGV": files["argv"], "__RR_ENV": files["env"]}
+        result = subprocess.run(["bash", "-c", _CAPTURE + command], cwd=cwd, env=capture_env, capture_output=True,
+                                text=True, timeout=60)
+        calls = Path(files["calls"]).read_text() if Path(files["calls"]).exists() else ""
+        if result.returncode != 0 or len(calls) != 1:
+            return fallback(f"bash called python {len(calls)} time(s), exit status {result.returncode}")
+        argv = Path(files["argv"]).read_bytes().decode().split("\0")[:-1]
+        entries = Path(files["env"]).read_bytes().decode().split("\0")
+    new_env = dict(e.split("=", 1) for e in entries if "=" in e)
+    for key in ("__RR_CALLS", "__RR_ARGV", "__RR_ENV", "_", "SHLVL", "OLDPWD"):
+        new_env.pop(key, None)
+    if len(argv) < 2 or argv[0] != "-m" or argv[1] not in {f"microgpt.{c}" for c in COMMANDS}:
+        return fallback(f"python {' '.join(argv[:2])} is not `python -m microgpt.<command>`")
+    if any(re.match(r"^\+*trainer=\S*ddp", a) or "strategy=ddp" in a for a in argv[2:]):
+        return fallback("DDP starts its ranks by running sys.executable again")
+    return Plan(argv[1], argv[2:], new_env, "")
+
+
+def run_command(server: ForkServer | None, command: str, cwd: Path, env: dict[str, str], timeout: float) -> Result:
+    """Run one README command line: through the fork server when `plan` allows, else as `bash -c`."""
+    how = plan(command, cwd, env) if server is not None else Plan(None, [], env, "no fork server")
+    if how.module is not None:
+        return server.run(how.module, how.args, how.env, cwd, timeout)
+    started = time.monotonic()
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(result.returncode, result.stdout, result.stderr, f"bash -c: {how.why}", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    serve()
