@@ -9,9 +9,10 @@ composes a config, so each child starts with Hydra's global state as a new proce
 
 The shell's part stays the shell's: bash expands the command line (quotes, `$(cat notes.txt)`, globs,
 `VAR=value` prefixes) with `python` defined as a function that writes down its argv and environment
-instead of running. Anything that is not one plain `python -m microgpt.<command>` invocation (pipes,
-`&&` chains, redirections, `python -c`, several python calls, DDP, which starts its ranks by running
-`sys.executable` again) runs as a real `bash -c` subprocess, as before: see `plan`.
+instead of running (and its stdin, so `cat notes.txt | python ...` works too). A line that calls
+python once, as `python -m microgpt.<command> ...` or `python -c CODE`, runs in the server; anything
+else (`&&` chains, redirections, python's output piped on, several python calls, DDP, which starts its
+ranks by running `sys.executable` again) runs as a real `bash -c` subprocess, as before: see `plan`.
 
 Run as a script, this file is the server: requests are JSON lines on stdin, replies JSON lines on stdout.
 """
@@ -34,6 +35,8 @@ from pathlib import Path
 COMMANDS = ("train", "generate", "eval", "soup", "export", "prepare", "train_tokenizer", "plot")
 # Imported by the server before it forks: everything the commands import, at module level or inside
 # their functions. Lazily imported modules that are not here are imported by each child (correct, slower).
+# Not wandb: importing it makes one `wandb-media` temporary directory that the first child's exit deletes
+# (atexit) under all the later ones. A module here must not make per-process state at import.
 PRELOAD = [
     "torch", "lightning", "lightning.pytorch", "hydra", "omegaconf", "numpy",
     "hydra._internal.utils", "hydra._internal.hydra", "hydra.core.hydra_config", "hydra.experimental.callback",
@@ -113,7 +116,7 @@ def child(request: dict) -> int:
     import traceback
 
     os.setpgid(0, 0)  # a timeout kills the command with whatever it started (DataLoader workers, W&B)
-    stdin = os.open(os.devnull, os.O_RDONLY)
+    stdin = os.open(request.get("stdin") or os.devnull, os.O_RDONLY)
     out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for fd, target in ((stdin, 0), (out, 1), (err, 2)):
@@ -126,13 +129,24 @@ def child(request: dict) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    sys.path[0] = os.getcwd()  # `python -m` puts the current directory first
-    module = request["module"]
-    sys.modules.pop(module, None)  # run the module's code afresh as __main__, as `python -m` does
-    sys.argv = [module, *request["args"]]  # runpy sets argv[0] to the module's file
+    module, source = request.get("module"), request.get("code")
     code = 0
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if module:
+            sys.path[0] = os.getcwd()  # `python -m` puts the current directory first
+            sys.modules.pop(module, None)  # run the module's code afresh as __main__, as `python -m` does
+            sys.argv = [module, *request["args"]]  # runpy sets argv[0] to the module's file
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:  # `python -c CODE args`
+            import builtins
+            import types
+
+            sys.path[0] = ""
+            sys.argv = ["-c", *request["args"]]
+            main = types.ModuleType("__main__")
+            main.__builtins__ = builtins
+            sys.modules["__main__"] = main
+            exec(compile(source, "<string>", "exec"), main.__dict__)
     except SystemExit as e:
         if e.code is None:
             code = 0
@@ -189,11 +203,12 @@ class ForkServer:
             raise RuntimeError(f"no reply from the fork server (exit status {self.proc.poll()})\n{self.log_tail()}")
         return json.loads(line)
 
-    def run(self, module: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Result:
+    def run(self, how: Plan, cwd: Path, timeout: float) -> Result:
         self.count += 1
-        out, err = self.tmp / f"{self.count}.out", self.tmp / f"{self.count}.err"
-        request = {"module": module, "args": args, "env": env, "cwd": str(cwd), "timeout": timeout,
-                   "stdout": str(out), "stderr": str(err)}
+        out, err, inp = (self.tmp / f"{self.count}.{s}" for s in ("out", "err", "in"))
+        inp.write_bytes(how.stdin)
+        request = {"module": how.module, "code": how.code, "args": how.args, "env": how.env, "cwd": str(cwd),
+                   "timeout": timeout, "stdin": str(inp), "stdout": str(out), "stderr": str(err)}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         reply = self._reply(timeout + 60)
@@ -214,24 +229,33 @@ class ForkServer:
 
 
 # The function bash calls instead of python: argv NUL-separated, the environment python would get.
-_CAPTURE = r"""python() { printf x >> "$__RR_CALLS"; printf '%s\0' "$@" > "$__RR_ARGV"; env -0 > "$__RR_ENV"; }
+_CAPTURE = r"""python() {
+  printf x >> "$__RR_CALLS"; printf '%s\0' "$@" > "$__RR_ARGV"; env -0 > "$__RR_ENV"; cat > "$__RR_STDIN"
+}
 """
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 @dataclass
 class Plan:
-    module: str | None  # the microgpt module to run in the fork server, or None: a real `bash -c`
+    module: str | None  # the microgpt module to run in the fork server (`python -m`), or
+    code: str | None  # the code of a `python -c`; both None: a real `bash -c`
     args: list[str]
     env: dict[str, str]
     why: str  # why it falls back to `bash -c` (empty for the fork server)
+    stdin: bytes = b""
+
+    @property
+    def forked(self) -> bool:
+        return self.module is not None or self.code is not None
 
 
 def plan(command: str, cwd: Path, env: dict[str, str]) -> Plan:
     """How to run `command`: in the fork server when bash, expanding it, calls `python -m microgpt.X`
-    exactly once and nothing else happens on the line; otherwise as `bash -c` (the reason says why)."""
+    or `python -c` exactly once, at the end of the line (`cat notes.txt | python ...` is fine: bash runs
+    the left side here and python's stdin is what it wrote); otherwise as `bash -c` (the reason says why)."""
     def fallback(why: str) -> Plan:
-        return Plan(None, [], env, why)
+        return Plan(None, None, [], env, why)
 
     try:
         lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
@@ -239,37 +263,42 @@ def plan(command: str, cwd: Path, env: dict[str, str]) -> Plan:
         words = list(lexer)
     except ValueError as e:
         return fallback(f"the line does not split ({e})")
-    operators = [w for w in words if w and all(c in "();<>|&" for c in w)]
-    if operators:
-        return fallback(f"shell operators {' '.join(dict.fromkeys(operators))}")
-    program = next((w for w in words if not _ASSIGNMENT.match(w)), "")
+    operators = [i for i, w in enumerate(words) if w and all(c in "();<>|&" for c in w)]
+    if operators and (len(operators) > 1 or words[operators[0]] != "|"):
+        return fallback(f"shell operators {' '.join(dict.fromkeys(words[i] for i in operators))}")
+    last = words[operators[0] + 1:] if operators else words  # the command python's stdin comes from runs here
+    program = next((w for w in last if not _ASSIGNMENT.match(w)), "")
     if program != "python":
         return fallback(f"runs {program or 'nothing'!r}, not python")
     with tempfile.TemporaryDirectory(prefix="readme-argv-") as tmp:
-        files = {k: str(Path(tmp) / k) for k in ("calls", "argv", "env")}
-        capture_env = {**env, "__RR_CALLS": files["calls"], "__RR_ARGV": files["argv"], "__RR_ENV": files["env"]}
+        files = {k: str(Path(tmp) / k) for k in ("calls", "argv", "env", "stdin")}
+        capture_env = {**env, **{f"__RR_{k.upper()}": v for k, v in files.items()}}
         result = subprocess.run(["bash", "-c", _CAPTURE + command], cwd=cwd, env=capture_env, capture_output=True,
-                                text=True, timeout=60)
+                                text=True, timeout=60, stdin=subprocess.DEVNULL)
         calls = Path(files["calls"]).read_text() if Path(files["calls"]).exists() else ""
         if result.returncode != 0 or len(calls) != 1:
             return fallback(f"bash called python {len(calls)} time(s), exit status {result.returncode}")
         argv = Path(files["argv"]).read_bytes().decode().split("\0")[:-1]
         entries = Path(files["env"]).read_bytes().decode().split("\0")
+        stdin = Path(files["stdin"]).read_bytes()
     new_env = dict(e.split("=", 1) for e in entries if "=" in e)
-    for key in ("__RR_CALLS", "__RR_ARGV", "__RR_ENV", "_", "SHLVL", "OLDPWD"):
+    for key in (*capture_env.keys() - env.keys(), "_", "SHLVL", "OLDPWD"):
         new_env.pop(key, None)
+    if len(argv) >= 2 and argv[0] == "-c":
+        return Plan(None, argv[1], argv[2:], new_env, "", stdin)
     if len(argv) < 2 or argv[0] != "-m" or argv[1] not in {f"microgpt.{c}" for c in COMMANDS}:
-        return fallback(f"python {' '.join(argv[:2])} is not `python -m microgpt.<command>`")
+        shown = "python -c" if argv[:1] == ["-c"] else f"python {' '.join(argv[:2])}"
+        return fallback(f"{shown} is not `python -m microgpt.<command>`")
     if any(re.match(r"^\+*trainer=\S*ddp", a) or "strategy=ddp" in a for a in argv[2:]):
         return fallback("DDP starts its ranks by running sys.executable again")
-    return Plan(argv[1], argv[2:], new_env, "")
+    return Plan(argv[1], None, argv[2:], new_env, "", stdin)
 
 
 def run_command(server: ForkServer | None, command: str, cwd: Path, env: dict[str, str], timeout: float) -> Result:
     """Run one README command line: through the fork server when `plan` allows, else as `bash -c`."""
-    how = plan(command, cwd, env) if server is not None else Plan(None, [], env, "no fork server")
-    if how.module is not None:
-        return server.run(how.module, how.args, how.env, cwd, timeout)
+    how = plan(command, cwd, env) if server is not None else Plan(None, None, [], env, "no fork server")
+    if how.forked:
+        return server.run(how, cwd, timeout)
     started = time.monotonic()
     result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)

@@ -42,6 +42,9 @@ def refused(command: str, *argv: str) -> str:
     ("train", ["model.n_layers=4"], "did you mean model.n_layer?"),
     ("train", ["+trainer.max_step=3"], "did you mean trainer.max_steps?"),
     ("train", ["optim=sgd", "optim.dampening=0.1"], "add it with +optim.dampening=0.1"),
+    ("train", ["+callbacks.timer._target_=lightning.pytorch.callbacks.Timer", "+callbacks.timer.durashun=1"],
+     "did you mean callbacks.timer.duration?"),  # a new callback entry is checked against its target
+    ("train", ["+optim.extra.lr=1"], "unknown setting optim.extra"),
     ("train", ["compile=maybe"], "compile must be true or false, got 'maybe'"),
     ("train", ["optim.weight_decay=-1"], "optim.weight_decay must be a number >= 0, got -1"),
     ("train", ["optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1)"),
@@ -80,6 +83,7 @@ def test_bad_settings_are_refused_with_the_fix(command, argv, message):
     ["callbacks.throughput.peak_flops=2e11"], ["callbacks.nan_guard=null"], ["logger=wandb", "logger.wandb.tags=[a,b]"],
     ["logger=wandb", "logger.wandb.notes=a note, with commas"], ["schedule.end_lr=0"], ["data.val_fraction=0"],
     ["interrupt.requeue_signal=SIGUSR1"], ["+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}"],
+    ["+callbacks.timer._target_=lightning.pytorch.callbacks.Timer", "+callbacks.timer.duration=00:00:01:00"],
     ["stage=2", "init_from=stage1/last.ckpt"], ["-m", "stage=2", "init_from=a.ckpt", "seed=1,2"],
 ])
 def test_valid_settings_are_accepted(argv):

@@ -27,6 +27,7 @@ from conftest import (
     run_cli,
     wait_for,
 )
+from microgpt.io.run_dir import newest_checkpoint
 from microgpt.lightning.training import train
 
 FAULT = [*TINY, "callbacks.text_samples=null", "model.dropout=0.1", "eval_every=1000"]
@@ -169,9 +170,11 @@ def test_a_second_run_in_the_same_directory_is_refused_and_a_dead_ones_lock_is_t
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # dies holding the lock
         first.communicate()
-    third = run_cli("train", *args, "max_steps=24", "resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    _, reached = newest_checkpoint(run_dir / "checkpoints")  # how far the first run got before it died
+    end = reached + 4
+    third = run_cli("train", *args, f"max_steps={end}", "resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert saved(run_dir / "checkpoints/last.ckpt")["global_step"] == 24
+    assert saved(run_dir / "checkpoints/last.ckpt")["global_step"] == end
     assert json.loads((run_dir / "run.lock").read_text())["pid"] != first.pid
 
 

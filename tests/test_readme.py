@@ -18,9 +18,9 @@ or a rule of NEEDS below matches it (the skip message names the rule). `<!-- rea
 runs a block whatever the rules say. New blocks are picked up as they are added.
 
 Each command still runs with a shell's meaning, but not each in a new interpreter: bash expands the
-line, and a plain `python -m microgpt.<command> ...` runs in a child forked from one server process
-that has imported torch, Lightning and Hydra once (tests/readme_runner.py); any other line (pipes,
-`&&`, `python -c`, DDP) runs as a real `bash -c`; README_TEST_FORK=0 runs every line that way.
+line, and a plain `python -m microgpt.<command> ...` (or `python -c`) runs in a child forked from one
+server process that has imported torch, Lightning and Hydra once (tests/readme_runner.py); any other
+line (`&&`, redirections, DDP) runs as a real `bash -c`; README_TEST_FORK=0 runs every line that way.
 Either way its exit status must be 0.
 """
 
@@ -247,9 +247,11 @@ def runner(tmp_path_factory, request):
     if server is not None:
         server.close()
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and runner.ways:
-        reporter.write_line(f"\ntests/test_readme.py: {sum(runner.ways.values())} command(s) run: "
-                            + "; ".join(f"{n} {how}" for how, n in runner.ways.most_common()))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and runner.ways:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\ntests/test_readme.py: {sum(runner.ways.values())} command(s) run: "
+                                + "; ".join(f"{n} {how}" for how, n in runner.ways.most_common()))
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
@@ -273,6 +275,8 @@ def test_a_broken_command_fails(runner: Runner, tmp_path: Path):
     assert forked.how == ("fork server" if runner.server else "bash -c: no fork server")
     assert forked.returncode == 2, forked.stderr
     assert forked.stderr.strip().splitlines()[-1].startswith("error: unknown model 'banana'"), forked.stderr
+    raised = runner.run("python -c \"import sys; print(sys.argv); raise SystemExit('boom')\" x", tmp_path)
+    assert (raised.returncode, raised.stderr.strip(), raised.stdout.strip()) == (1, "boom", "['-c', 'x']")
     shell = runner.run("ls no-such-file && echo listed", tmp_path)
     assert shell.how.startswith("bash -c") and shell.returncode != 0 and "listed" not in shell.stdout
 
@@ -282,8 +286,11 @@ def test_only_plain_python_lines_go_to_the_fork_server(tmp_path: Path):
     one = plan("WANDB_MODE=offline python -m microgpt.train -m 'data.paths=[a b]' x=\"$(echo 1 2)\"", tmp_path, env)
     assert (one.module, one.args, one.env["WANDB_MODE"]) == ("microgpt.train", ["-m", "data.paths=[a b]", "x=1 2"],
                                                              "offline")
+    piped = plan("printf 'a b' | python -m microgpt.generate prompt=-", tmp_path, env)
+    assert (piped.module, piped.args, piped.stdin) == ("microgpt.generate", ["prompt=-"], b"a b")
+    assert plan("python -c 'import microgpt' 1", tmp_path, env).code == "import microgpt"
     for line in ("python -m microgpt.train --cfg job | head", "python -m microgpt.export out=x && ls x",
-                 "python -c 'import microgpt'", "python -m microgpt.train < input.txt", "echo python",
+                 "python -m microgpt.train < input.txt", "echo python",
                  "python -m microgpt.train x=$(python -m microgpt.generate)", "python -m microgpt.train trainer=ddp_cpu",
                  "python -m pip list"):
         assert plan(line, tmp_path, env).module is None, line

@@ -122,7 +122,7 @@ def unknown_setting(baseline, override) -> None:
         return
     if not isinstance(parent, DictConfig):
         if path and parent is _ABSENT:
-            _parent_unknown(baseline, path)
+            _parent_unknown(baseline, path, adding=override.is_add() or override.is_force_add())
         return  # inside a list or a value: Hydra says what it says
     names, is_open = known_names(path, parent), section_schema(path, parent)[1]
     value = override.value()
@@ -134,8 +134,9 @@ def unknown_setting(baseline, override) -> None:
     raise ConfigError(_unknown_message(key, path, name, names))
 
 
-def _parent_unknown(baseline, path: str) -> None:
-    """`+optimizer.lr=1`: the first missing part of the path is the unknown setting."""
+def _parent_unknown(baseline, path: str, adding: bool = False) -> None:
+    """`+optimizer.lr=1`: the first missing part of the path is the unknown setting, unless it is
+    a new named entry added to a collection of objects (`+callbacks.probe._target_=my.Probe`)."""
     parts = path.split(".")
     for i in range(len(parts)):
         head = ".".join(parts[: i + 1])
@@ -143,7 +144,18 @@ def _parent_unknown(baseline, path: str) -> None:
         if not isinstance(node, DictConfig):
             return  # inside a list or a value: Hydra says what it says
         if name not in node.keys():
+            if adding and _is_collection(node):
+                return  # check_targets checks the new entry against its _target_ once composed
             raise ConfigError(_unknown_message(head, up, name, known_names(up, node)))
+
+
+def _is_collection(node) -> bool:
+    """A section of named objects (callbacks, logger): every entry that is set is a `_target_` mapping."""
+    if "_target_" in node:
+        return False
+    entries = [node._get_node(k) for k in node.keys()]
+    entries = [e for e in entries if not e._is_none()]  # a switched-off entry (progress_bar: null)
+    return bool(entries) and all(isinstance(e, DictConfig) and "_target_" in e for e in entries)
 
 
 def _unknown_message(key: str, path: str, name: str, names) -> str:
