@@ -76,12 +76,22 @@ def shakespeare(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def small_corpus(tmp_path: Path) -> Path:
-    """~60 kB of real English: the start of Tiny Shakespeare."""
-    path = tmp_path / "corpus.txt"
+def write_small_corpus(folder: Path) -> Path:
+    """~60 kB of real English, the start of Tiny Shakespeare, as <folder>/corpus.txt."""
+    path = folder / "corpus.txt"
     path.write_text(fixture_text("tinyshakespeare.txt")[:60_000])
     return path
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    return write_small_corpus(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_corpus(tmp_path_factory) -> Path:
+    """The small corpus, once per test module (for module-scoped runs)."""
+    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, assert_clean_error, compose_train, fixture_text, run_cli
+from conftest import TINY, assert_clean_error, compose_train, run_cli
 from microgpt.core.errors import CheckpointError, ConfigError
 from microgpt.core.sampling import SamplingOptions
 from microgpt.io.loading import load_model
@@ -22,10 +22,8 @@ ROOT_IGNORES_PERMISSIONS = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(fixture_text("tinyshakespeare.txt")[:60_000])
-    return path
+def corpus(module_corpus) -> Path:
+    return module_corpus
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import wandb_offline
-from conftest import TINY, assert_clean_error, fixture_file, fixture_text, run_cli
+from conftest import TINY, assert_clean_error, fixture_file, run_cli
 from microgpt.core.errors import ConfigError
 from microgpt.core.flops import flops_per_token, measure_matmul_flops, param_count
 from microgpt.core.model import GPT, GPTConfig
@@ -62,10 +62,8 @@ def assert_readable_png(path: Path, min_bytes: int = 20_000) -> None:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    path.write_text(fixture_text("tinyshakespeare.txt")[:60_000])
-    return path
+def corpus(module_corpus) -> Path:
+    return module_corpus
 
 
 @pytest.fixture(scope="module")
