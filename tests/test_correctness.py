@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import microgpt.core.model as model_module
+import microgpt.core.attention as attention_module
 from conftest import TINY, compose_train
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.evals.perplexity import held_out_loss
@@ -101,12 +101,12 @@ def caches_made(monkeypatch) -> list[int]:
     """Counts KVCache constructions (one per layer per cache set)."""
     made: list[int] = []
 
-    class Counting(model_module.KVCache):
+    class Counting(attention_module.KVCache):
         def __init__(self, *args, **kwargs) -> None:
             made.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(model_module, "KVCache", Counting)
+    monkeypatch.setattr(attention_module, "KVCache", Counting)
     return made
 
 

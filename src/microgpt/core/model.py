@@ -1,180 +1,53 @@
-"""A decoder-only GPT in pure PyTorch: rotary or learned positions, SDPA attention, a KV cache.
+"""A decoder-only GPT in pure PyTorch: the block of GPT-2 and of the modern families, SDPA, a KV cache.
 
 Nothing here imports Lightning or Hydra, so the model can be built, tested and used on its own.
-Parameter names follow GPT-2's (`transformer.h.0.attn.c_attn`, ...) so OpenAI weights map 1:1.
+Parameter names follow GPT-2's (`transformer.h.0.attn.c_attn`, ...) so OpenAI weights map 1:1; the
+variants (GQA, latent attention, RMSNorm, post-norm, QK-norm, SwiGLU, MoE; see core/config.py) add
+their own parts under the same tree, so the default model's checkpoints are unchanged.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from microgpt.core.errors import ConfigError, require_positive_int
+from microgpt.core.attention import KVCache, LatentCache, make_attention
+from microgpt.core.config import POSITION_SCHEMES, GPTConfig
+from microgpt.core.layers import MLP, RotaryEmbedding, make_norm
 from microgpt.core.sampling import check_sampling, left_padding, sample_next
 
-POSITION_SCHEMES = ("rope", "learned")
+__all__ = ["GPT", "GPTConfig", "Block", "KVCache", "LatentCache", "RotaryEmbedding", "POSITION_SCHEMES"]
 
 
-@dataclass
-class GPTConfig:
-    vocab_size: int = 50257
-    block_size: int = 1024  # the context window, in tokens
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    pos_emb: str = "rope"  # "rope" or "learned" (GPT-2's own weights need "learned")
-    rope_base: float = 10000.0
-    vocab_multiple: int = 64  # the embedding is padded to a multiple of this: faster matmuls
+def make_mlp(config: GPTConfig, index: int) -> nn.Module:
+    if config.is_moe_layer(index):
+        from microgpt.core.moe import MoE  # only MoE models need it
 
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
-            require_positive_int(f"model.{name}", getattr(self, name))
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
-        if self.pos_emb not in POSITION_SCHEMES:
-            raise ConfigError(f"model.pos_emb must be one of {POSITION_SCHEMES}, got {self.pos_emb!r}")
-        if self.pos_emb == "rope" and self.head_dim % 2:
-            raise ConfigError(f"RoPE needs an even head size, got n_embd/n_head = {self.head_dim}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if not isinstance(self.rope_base, (int, float)) or self.rope_base <= 0:
-            raise ConfigError(f"model.rope_base must be positive, got {self.rope_base}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def padded_vocab_size(self) -> int:
-        m = self.vocab_multiple
-        return (self.vocab_size + m - 1) // m * m
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
-
-
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al. 2021), rotate-half layout, computed in fp32."""
-
-    def __init__(self, head_dim: int, max_len: int, base: float) -> None:
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        # Not persistent: derived from the config, so checkpoints stay free of them.
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
-
-    def forward(self, x: torch.Tensor, offset: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Rotate x of shape (B, H, T, D) as if its first position were `offset`, or by per-row
-        `positions` of shape (B, T) (left-padded batches)."""
-        T = x.size(-2)
-        if positions is None:
-            cos = self.cos[offset : offset + T]
-            sin = self.sin[offset : offset + T]
-        else:
-            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        xf = x.float()
-        x1, x2 = xf.chunk(2, dim=-1)
-        rotated = torch.cat([-x2, x1], dim=-1)
-        return (xf * cos + rotated * sin).to(x.dtype)
-
-
-class KVCache:
-    """Keys and values of one layer for incremental decoding, preallocated to the context window."""
-
-    def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype) -> None:
-        shape = (batch, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        end = offset + k.size(2)
-        self.k[:, :, offset:end] = k
-        self.v[:, :, offset:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig, rope: RotaryEmbedding | None) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.residual_scaled_init = True
-        self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
-        # A shared module, kept out of the submodule tree so it is not registered once per layer.
-        self._rope = [rope] if rope is not None else []
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache | None = None,
-        offset: int = 0,
-        positions: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self._rope:
-            q, k = self._rope[0](q, offset, positions), self._rope[0](k, offset, positions)
-        if cache is not None:
-            k, v = cache.update(k, v, offset)
-        mask, is_causal = None, T > 1
-        if attn_mask is not None:  # left-padded batch: GPT.forward built the whole mask
-            mask, is_causal = attn_mask, False
-        elif T > 1 and k.size(2) != T:  # a chunk appended to a non-empty cache
-            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
-            is_causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.residual_scaled_init = True
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # tanh approximation: what GPT-2 was trained with, so its weights reproduce exactly.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return MoE(config)
+    return MLP(config)
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig, rope: RotaryEmbedding | None) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config, rope)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+    """One transformer layer. Pre-norm (GPT-2, Llama, Qwen3) normalises each sublayer's input;
+    post-norm as OLMo 2 does it normalises each sublayer's output before the residual add, so the
+    residual stream itself is never normalised."""
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, offset: int = 0, **padding) -> torch.Tensor:
+    def __init__(self, config: GPTConfig, rope: RotaryEmbedding | None, index: int = 0) -> None:
+        super().__init__()
+        self.post_norm = config.norm_placement == "post"
+        self.ln_1 = make_norm(config)
+        self.attn = make_attention(config, rope)
+        self.ln_2 = make_norm(config)
+        self.mlp = make_mlp(config, index)
+
+    def forward(self, x: torch.Tensor, cache=None, offset: int = 0, **padding) -> torch.Tensor:
+        if self.post_norm:
+            x = x + self.ln_1(self.attn(x, cache, offset, **padding))
+            return x + self.ln_2(self.mlp(x))
         x = x + self.attn(self.ln_1(x), cache, offset, **padding)
         return x + self.mlp(self.ln_2(x))
 
@@ -184,19 +57,20 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.rope = (
-            RotaryEmbedding(config.head_dim, config.block_size, config.rope_base)
+            RotaryEmbedding(config.rope_dim, config.block_size, config.rope_base, config)
             if config.pos_emb == "rope" else None
         )
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config, self.rope) for _ in range(config.n_layer)),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            h=nn.ModuleList(Block(config, self.rope, i) for i in range(config.n_layer)),
+            ln_f=make_norm(config),
         ))
         if config.pos_emb == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -210,6 +84,8 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif hasattr(module, "reset_expert_parameters"):  # MoE: its expert tensors are no Linear layers
+            module.reset_expert_parameters(self.config.n_layer)
 
     def count_params(self, non_embedding: bool = False) -> int:
         """Parameters, counted once each (the tied LM head is the embedding)."""
@@ -254,10 +130,24 @@ class GPT(nn.Module):
             loss = F.cross_entropy(real.reshape(-1, real.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def new_caches(self, batch: int) -> list[KVCache]:
+    def new_caches(self, batch: int) -> list:
+        """One cache per layer (KVCache, or LatentCache for latent attention), preallocated to the
+        context window."""
         p = self.transformer.wte.weight
-        c = self.config
-        return [KVCache(batch, c.n_head, c.block_size, c.head_dim, p.device, p.dtype) for _ in range(c.n_layer)]
+        return [block.attn.new_cache(batch, self.config.block_size, p.device, p.dtype) for block in self.transformer.h]
+
+    def kv_cache_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
+        """What the cache holds per token of context, all layers together."""
+        size = (dtype or self.transformer.wte.weight.dtype).itemsize
+        return sum(block.attn.cache_width for block in self.transformer.h) * size
+
+    def moe_loss(self) -> torch.Tensor:
+        """The weighted load-balancing and router z-losses of the last forward (zero when dense)."""
+        if not self.config.n_experts:
+            return self.transformer.wte.weight.new_zeros(())
+        from microgpt.core.moe import moe_loss
+
+        return moe_loss(self)
 
     @torch.no_grad()
     def generate_stream(

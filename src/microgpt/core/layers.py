@@ -1,0 +1,136 @@
+"""The parts a transformer block is built from: norms, MLPs and rotary positions (with scaling)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from microgpt.core.config import GPTConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a gain and no bias; computed in fp32, as Llama / Qwen3 / OLMo 2 do."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or config.n_embd
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The MLP's nonlinearity on c_fc's output; SwiGLU's halves are [gate | up]."""
+    if name == "swiglu":
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    if name == "relu2":
+        return F.relu(x).square()
+    # gelu_tanh: what GPT-2 was trained with, so its weights reproduce exactly.
+    return F.gelu(x, approximate="tanh" if name == "gelu_tanh" else "none")
+
+
+def fc_width(config: GPTConfig, hidden: int) -> int:
+    """c_fc's output width: gated MLPs compute the gate and the value in one matmul."""
+    return 2 * hidden if config.mlp == "swiglu" else hidden
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or config.hidden_size
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, fc_width(config, hidden), bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.c_proj.residual_scaled_init = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(activation(self.kind, self.c_fc(x))))
+
+
+def rope_frequencies(dim: int, base: float, config: GPTConfig | None = None) -> tuple[torch.Tensor, float]:
+    """RoPE's inverse frequencies for `dim` rotated features, and the factor cos/sin are scaled by.
+
+    The scalings are the ones the exported families use, computed as `transformers` does so the
+    weights of those families reproduce: linear (positions divided by the factor), Llama 3's
+    wavelength-banded interpolation, and YaRN's ramp between interpolation and extrapolation.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    scaling = config.rope_scaling if config is not None else None
+    if scaling is None:
+        return inv_freq, 1.0
+    factor = float(config.rope_factor)
+    if scaling == "linear":
+        return inv_freq / factor, 1.0
+    original = config.rope_original_block_size
+    if scaling == "llama3":
+        return llama3_frequencies(inv_freq, factor, original, config.rope_low_freq_factor, config.rope_high_freq_factor), 1.0
+    return yarn_frequencies(dim, base, factor, original, config.rope_beta_fast, config.rope_beta_slow)
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, factor: float, original: int, low: float, high: float) -> torch.Tensor:
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen, high_wavelen = original / low, original / high
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def yarn_frequencies(dim: int, base: float, factor: float, original: int,
+                     beta_fast: float, beta_slow: float) -> tuple[torch.Tensor, float]:
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    extrapolate = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
+    attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return inv_freq, attention_factor
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021), rotate-half layout, computed in fp32."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float, config: GPTConfig | None = None) -> None:
+        super().__init__()
+        inv_freq, scale = rope_frequencies(head_dim, base, config)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        # Not persistent: derived from the config, so checkpoints stay free of them.
+        self.register_buffer("cos", angles.cos() * scale, persistent=False)
+        self.register_buffer("sin", angles.sin() * scale, persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate x of shape (B, H, T, D) as if its first position were `offset`, or by per-row
+        `positions` of shape (B, T) (left-padded batches)."""
+        T = x.size(-2)
+        if positions is None:
+            cos = self.cos[offset : offset + T]
+            sin = self.sin[offset : offset + T]
+        else:
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        xf = x.float()
+        x1, x2 = xf.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (xf * cos + rotated * sin).to(x.dtype)
