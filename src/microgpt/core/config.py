@@ -98,7 +98,8 @@ class GPTConfig:
         if self.n_head % self.kv_heads:
             raise ConfigError(
                 f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads}): "
-                f"each key/value head serves a whole group of query heads"
+                f"each key/value head serves a whole group of query heads; use model.n_kv_head="
+                f"{'|'.join(str(d) for d in range(1, self.n_head + 1) if self.n_head % d == 0)}"
             )
         if self.attention == "mla":
             for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
@@ -124,7 +125,7 @@ class GPTConfig:
         if self.n_experts_per_tok > self.n_experts:
             raise ConfigError(
                 f"model.n_experts_per_tok ({self.n_experts_per_tok}) must be at most model.n_experts "
-                f"({self.n_experts})"
+                f"({self.n_experts}): lower the top-k or add experts"
             )
         if not isinstance(self.n_shared_experts, int) or self.n_shared_experts < 0:
             raise ConfigError(f"model.n_shared_experts must be an integer >= 0, got {self.n_shared_experts!r}")
