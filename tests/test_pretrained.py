@@ -107,7 +107,8 @@ def test_export_round_trip_through_transformers(tmp_path, bias):
                 p.add_(torch.randn_like(p) * 0.1)
     out = tmp_path / "hf"
     written = export(model, TiktokenTokenizer("gpt2"), out)
-    assert sorted(p.name for p in written) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in written) == ["config.json", "generation_config.json", "model.safetensors",
+                                               "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     idx = torch.randint(0, 50257, (2, 48))
     with torch.no_grad():
         ours = model(idx)[0][..., :50257]
@@ -130,16 +131,20 @@ def test_export_command_writes_a_transformers_directory(tmp_path):
         torch.testing.assert_close(load_model(tmp_path / "hf").model(idx)[0], ours, atol=1e-5, rtol=0)
 
 
-def test_rope_export_is_safetensors_plus_our_config(tmp_path):
+def test_rope_export_is_a_gpt_neox_directory(tmp_path):
     torch.manual_seed(2)
     model = GPT(GPTConfig(vocab_size=30, block_size=32, pos_emb="rope", **TINY_SHAPE)).eval()
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz .!")
     names = sorted(p.name for p in export(model, tokenizer, tmp_path / "rope"))
-    assert names == ["microgpt_config.json", "microgpt_tokenizer.json", "model.safetensors"]
+    assert names == ["config.json", "generation_config.json", "microgpt_tokenizer.json", "model.safetensors",
+                     "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     lm = load_model(tmp_path / "rope")
     idx = torch.randint(0, 30, (2, 32))
     with torch.no_grad():
-        torch.testing.assert_close(lm.model(idx)[0], model(idx)[0], atol=0, rtol=0)
+        torch.testing.assert_close(lm.model(idx)[0], model(idx)[0][..., :30], atol=1e-6, rtol=0)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "rope").eval()
+        assert type(hf).__name__ == "GPTNeoXForCausalLM"
+        torch.testing.assert_close(hf(idx).logits, model(idx)[0][..., :30], atol=1e-4, rtol=0)
     assert lm.tokenizer.state() == tokenizer.state()
 
 

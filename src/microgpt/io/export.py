@@ -1,99 +1,74 @@
-"""Export a GPT to a directory `transformers` loads (GPT2LMHeadModel) or our safetensors format."""
+"""Export a GPT as a Hugging Face directory that `transformers.AutoModelForCausalLM` loads.
+
+The family is the first of io/hf's registry that expresses the model exactly (GPT-2 for learned
+positions, GPT-NeoX for the default RoPE GPT, then Llama, Qwen3, OLMo 2, the MoE and MLA families).
+The directory holds config.json + model.safetensors + generation_config.json, the tokenizer as
+`transformers` reads it (tokenizer.json ...), and, for a tokenizer other than GPT-2's, our own
+microgpt_tokenizer.json so `load_model` reads back exactly the tokenizer the model was trained with.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
-from microgpt.core.model import GPT, GPTConfig
+from microgpt.core.model import GPT
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
-from microgpt.io.pretrained import CONV1D_WEIGHTS, EXPORT_FORMAT, MICROGPT_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from microgpt.io.hf.families import MODEL_FILES, family_for_config, write_hf_model
+from microgpt.io.pretrained import MICROGPT_CONFIG_FILE, TOKENIZER_FILE
 
-
-def hf_from_ours(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights as a Hugging Face GPT2LMHeadModel state dict (absent biases written as zeros)."""
-    config = model.config
-    state = {}
-    for key, tensor in model.state_dict().items():
-        if key == "lm_head.weight":
-            continue  # tied to wte; transformers re-ties it on load
-        if key == "transformer.wte.weight":
-            tensor = tensor[: config.vocab_size]  # drop the padding rows
-        elif key.endswith(CONV1D_WEIGHTS):
-            tensor = tensor.t()
-        state[key] = tensor.detach().contiguous().cpu()
-    if not config.bias:  # GPT-2 always has biases: zeros are the same function
-        for key, module in model.named_modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module.bias is None and key != "lm_head":
-                width = module.weight.shape[0] if isinstance(module, torch.nn.Linear) else module.weight.shape[-1]
-                state[f"{key}.bias"] = torch.zeros(width, dtype=module.weight.dtype)
-    return state
+OLD_FORMAT_FILES = (MICROGPT_CONFIG_FILE,)  # exports of RoPE models before the GPT-NeoX family
 
 
 def export(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike) -> list[Path]:
     """Write `out/` for the Hugging Face ecosystem; returns the files written.
 
-    Learned positions: config.json + model.safetensors that `transformers.GPT2LMHeadModel`
-    loads. RoPE: model.safetensors (our names) + microgpt_config.json, loadable by `load_model`.
-    A tokenizer other than GPT-2's is written alongside as microgpt_tokenizer.json.
+    Files an earlier microgpt export left in `out` that this one does not write (either format) are
+    removed, so the directory holds one export; other files are left alone. A model no family
+    expresses, or a tokenizer `transformers` cannot express, is refused before anything is written.
     """
+    from microgpt.io.hf_tokenizer import write_hf_tokenizer
+
     out = Path(out)
+    planned = planned_names(model, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    written = [out / WEIGHTS_FILE]
-    if config.pos_emb == "learned":
-        save_file(hf_from_ours(model), out / WEIGHTS_FILE, metadata={"format": "pt"})
-        (out / "config.json").write_text(json.dumps(hf_config(config, tokenizer, dtype_name(model)), indent=2))
-        written.append(out / "config.json")
-    else:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt"})
-        payload = {"format": EXPORT_FORMAT, "model": config.to_dict(), "tokenizer": tokenizer.state()}
-        (out / MICROGPT_CONFIG_FILE).write_text(json.dumps(payload, indent=2))
-        written.append(out / MICROGPT_CONFIG_FILE)
-    if tokenizer.state() != TiktokenTokenizer("gpt2").state():
+    written = write_hf_model(model, tokenizer, out)
+    written += [Path(p) for p in write_hf_tokenizer(tokenizer, out, model_max_length=model.config.block_size)]
+    if TOKENIZER_FILE in planned:
         tokenizer.save(out / TOKENIZER_FILE)
         written.append(out / TOKENIZER_FILE)
+    for stale in stale_files(out, {p.name for p in written}):
+        stale.unlink()
     return written
 
 
 def export_files(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike) -> list[Path]:
-    """The files `export` writes into `out` for this model (to check them before writing)."""
+    """The files `export` would write into `out`, then those of an earlier export it would remove (to
+    check them before writing). Raises the ConfigError `export` would, before anything is written."""
     out = Path(out)
-    names = [WEIGHTS_FILE, "config.json" if model.config.pos_emb == "learned" else MICROGPT_CONFIG_FILE]
+    names = planned_names(model, tokenizer)
+    return [out / name for name in names] + stale_files(out, set(names))
+
+
+def planned_names(model: GPT, tokenizer: Tokenizer) -> list[str]:
+    from microgpt.io.hf_tokenizer import check_hf_tokenizer
+
+    family_for_config(model.config)  # the ConfigError naming the part no family has
+    check_hf_tokenizer(tokenizer)
+    names = [*MODEL_FILES, *tokenizer_names()]
     if tokenizer.state() != TiktokenTokenizer("gpt2").state():
         names.append(TOKENIZER_FILE)
-    return [out / name for name in names]
+    return names
 
 
-def dtype_name(model: GPT) -> str:
-    return str(model.transformer.wte.weight.dtype).removeprefix("torch.")
+def stale_files(out: Path, keep: set[str]) -> list[Path]:
+    """Files of a microgpt export (any format) in `out` that are not among `keep`."""
+    ours = [*MODEL_FILES, *tokenizer_names(), TOKENIZER_FILE, *OLD_FORMAT_FILES]
+    return [out / name for name in dict.fromkeys(ours) if name not in keep and (out / name).is_file()]
 
 
-def hf_config(config: GPTConfig, tokenizer: Tokenizer, dtype: str) -> dict:
-    return {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": config.vocab_size,
-        "n_positions": config.block_size,
-        "n_ctx": config.block_size,
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5,
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "bos_token_id": tokenizer.eot,
-        "eos_token_id": tokenizer.eot,
-        "torch_dtype": dtype,
-    }
+def tokenizer_names() -> list[str]:
+    """The names of the files `transformers` reads a tokenizer from, as an export writes them."""
+    from microgpt.io.hf_tokenizer import hf_tokenizer_files
+
+    return [Path(name).name for name in hf_tokenizer_files()]

@@ -1,4 +1,5 @@
-"""`init_from=`: start training from pretrained GPT-2, an exported directory or a checkpoint's weights."""
+"""`init_from=`: start training from pretrained GPT-2, a Hugging Face directory of any family io/hf
+lists, an exported directory or a checkpoint's weights."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ from microgpt.io.pretrained import (
     read_pretrained_dir,
 )
 
-SHAPE_SETTINGS = ("n_layer", "n_head", "n_embd", "vocab_size", "pos_emb", "bias")
+ARCHITECTURE_SETTINGS = ("n_layer", "n_head", "n_embd", "vocab_size", "pos_emb", "bias", "norm", "norm_eps",
+                         "norm_placement", "qk_norm", "mlp", "tie_embeddings", "attention", "n_experts")
+# A setting that may be left to its default (None) -> the value it resolves to.
+RESOLVED_SETTINGS = {"head_dim": "head_size", "n_kv_head": "kv_heads", "intermediate_size": "hidden_size",
+                     "moe_intermediate_size": "expert_hidden_size"}
+ROPE_SETTINGS = {"linear": ("rope_factor",),
+                 "llama3": ("rope_factor", "rope_original_block_size", "rope_low_freq_factor", "rope_high_freq_factor"),
+                 "yarn": ("rope_factor", "rope_original_block_size", "rope_beta_fast", "rope_beta_slow")}
+MLA_SETTINGS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+MOE_SETTINGS = ("n_experts_per_tok", "n_shared_experts", "moe_intermediate_size", "moe_every", "moe_first_dense",
+                "router", "router_norm_topk")
 
 
 def initial_weights(init_from: str, model: GPT, tokenizer: Tokenizer) -> None:
@@ -34,10 +45,47 @@ def initial_weights(init_from: str, model: GPT, tokenizer: Tokenizer) -> None:
     copy_weights(model, source_model.state_dict(), init_from)
 
 
+def architecture_settings(config: GPTConfig) -> list[str]:
+    """The settings that decide what the network computes (dropout, padding, the window and the MoE
+    loss weights do not): the parts a config does not use are left out."""
+    names = list(ARCHITECTURE_SETTINGS)
+    names += ["head_dim", "n_kv_head"] if config.attention == "mha" else list(MLA_SETTINGS)
+    names += ["intermediate_size"]
+    if config.pos_emb == "rope":
+        names += ["rope_base", "rope_scaling", *ROPE_SETTINGS.get(config.rope_scaling, ())]
+    if config.n_experts:
+        names += MOE_SETTINGS
+    return names
+
+
+def differences(source: GPTConfig, target: GPTConfig) -> dict[str, tuple]:
+    """name -> (value here, value in the weights, the override that gives the weights' network)."""
+    found = {}
+    for name in dict.fromkeys(architecture_settings(source) + architecture_settings(target)):
+        raw_source, raw_target = getattr(source, name), getattr(target, name)
+        if name in RESOLVED_SETTINGS:
+            if raw_source is None and raw_target is None:
+                continue  # both derived: a difference shows in what they derive from
+            resolved = RESOLVED_SETTINGS[name]
+            here, there = getattr(target, resolved), getattr(source, resolved)
+        else:
+            here, there = raw_target, raw_source
+        if here != there:
+            found[name] = (here, there, raw_source)
+    return found
+
+
+def override_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
 def check_same_network(init_from: str, source: GPTConfig, source_tokenizer: Tokenizer,
                        target: GPTConfig, tokenizer: Tokenizer) -> None:
-    fixes = {f"model.{k}": getattr(source, k) for k in SHAPE_SETTINGS if getattr(source, k) != getattr(target, k)}
-    problems = [f"model.{k[6:]} is {getattr(target, k[6:])!r} here, {v!r} in the weights" for k, v in fixes.items()]
+    found = differences(source, target)
+    fixes = {f"model.{k}": fix for k, (_, _, fix) in found.items()}
+    problems = [f"model.{k} is {here!r} here, {there!r} in the weights" for k, (here, there, _) in found.items()]
     if source.pos_emb == "learned" and target.block_size > source.block_size:
         problems.append(f"model.block_size={target.block_size} is longer than its {source.block_size} learned positions")
         fixes["model.block_size"] = source.block_size
@@ -53,7 +101,7 @@ def check_same_network(init_from: str, source: GPTConfig, source_tokenizer: Toke
         for key in ("model.n_layer", "model.n_head", "model.n_embd", "model.bias", "model.block_size"):
             fixes.pop(key, None)
         fixes = {"model": GPT2_MODELS[init_from][2], "model.pos_emb": "learned", **fixes}
-    overrides = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixes.items()]
+    overrides = [f"{k}={override_value(v)}" for k, v in fixes.items()]
     raise ConfigError(
         f"init_from={init_from} does not match this run's model ({'; '.join(problems)}); "
         f"override: {' '.join(overrides)}"

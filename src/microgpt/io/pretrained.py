@@ -1,11 +1,8 @@
-"""GPT-2 weights in (the Hugging Face Hub format, downloaded or local), Hugging Face format out.
+"""Pretrained weights in: GPT-2 from the Hub (downloaded once), or a local Hugging Face directory of
+any family io/hf lists (config.json + model.safetensors; config.json's model_type picks the family).
 
-A Hugging Face GPT-2 directory holds `config.json` + `model.safetensors`. Our parameter names are
-GPT-2's, so the only translation is the `transformer.` prefix and HF's Conv1D layers, which store
-their weight as (in, out) where `nn.Linear` wants (out, in).
-
-RoPE models have no Hugging Face equivalent: they export as `model.safetensors` (our names) plus
-`microgpt_config.json`, which `load_model` reads back.
+Exports made before the Hugging Face families existed (RoPE models: model.safetensors under our
+names + microgpt_config.json) still load.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from microgpt.core.errors import CheckpointError, ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
 from microgpt.core.tokenizers import load_tokenizer, tokenizer_from_state
+from microgpt.io.hf.families import hf_state_to_ours
 
 # name -> (Hub repository, shape, our model config)
 GPT2_MODELS = {
@@ -33,12 +31,10 @@ GPT2_MODELS = {
 }
 HF_FILES = ("config.json", "model.safetensors")
 WEIGHTS_FILE = "model.safetensors"
-MICROGPT_CONFIG_FILE = "microgpt_config.json"  # our own exports (RoPE models)
+MICROGPT_CONFIG_FILE = "microgpt_config.json"  # older microgpt exports of RoPE models
 TOKENIZER_FILE = "microgpt_tokenizer.json"  # a non-GPT-2 tokenizer travelling with an export
 EXPORT_FORMAT = "microgpt-export"
 GPT2_VOCAB_SIZE = 50257
-# HF's Conv1D layers: weight stored transposed relative to nn.Linear.
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -103,7 +99,8 @@ def pretrained_dir(config: PretrainedModelConfig) -> Path:
 def checked_dir(path: Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"directory {path} does not exist; pass a directory with {' + '.join(HF_FILES)}")
-    needed = (MICROGPT_CONFIG_FILE, WEIGHTS_FILE) if (path / MICROGPT_CONFIG_FILE).is_file() else HF_FILES
+    old_export = (path / MICROGPT_CONFIG_FILE).is_file() and not (path / "config.json").is_file()
+    needed = (MICROGPT_CONFIG_FILE, WEIGHTS_FILE) if old_export else HF_FILES
     missing = [f for f in needed if not (path / f).is_file()]
     if missing:
         raise CheckpointError(
@@ -130,7 +127,9 @@ def download(config: PretrainedModelConfig) -> Path:
 
 
 def read_pretrained_dir(directory: Path) -> tuple[GPT, Tokenizer]:
-    if (directory / MICROGPT_CONFIG_FILE).is_file():
+    """The model and tokenizer of a Hugging Face directory of any registered family, or of an export
+    in the older microgpt format (microgpt_config.json + our tensor names)."""
+    if not (directory / "config.json").is_file() and (directory / MICROGPT_CONFIG_FILE).is_file():
         payload = read_json(directory / MICROGPT_CONFIG_FILE)
         if payload.get("format") != EXPORT_FORMAT or "model" not in payload or "tokenizer" not in payload:
             raise CheckpointError(f"{directory / MICROGPT_CONFIG_FILE} is not a microgpt export config")
@@ -138,9 +137,9 @@ def read_pretrained_dir(directory: Path) -> tuple[GPT, Tokenizer]:
         tokenizer = tokenizer_from_state(payload["tokenizer"])
         state = read_safetensors(directory / WEIGHTS_FILE)
     else:
-        config = config_from_hf(read_json(directory / "config.json"), directory)
+        hf = read_json(directory / "config.json")
+        config, state = hf_state_to_ours(directory, hf, read_safetensors(directory / WEIGHTS_FILE))
         tokenizer = tokenizer_for_hf_dir(directory, config)
-        state = ours_from_hf(read_safetensors(directory / WEIGHTS_FILE), str(directory))
     model = GPT(config)
     copy_weights(model, state, str(directory))
     return model, tokenizer
@@ -148,9 +147,12 @@ def read_pretrained_dir(directory: Path) -> tuple[GPT, Tokenizer]:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is unreadable or not JSON ({e})") from e
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is not a JSON object; re-save the model")
+    return payload
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -158,33 +160,6 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from e
-
-
-def config_from_hf(hf: dict, source: Path) -> GPTConfig:
-    """Our GPTConfig for a Hugging Face GPT-2 config.json; variants we do not reproduce are refused."""
-    if hf.get("model_type") != "gpt2":
-        raise CheckpointError(f"{source} holds a {hf.get('model_type')!r} model; only GPT-2 (model_type gpt2) loads")
-    unsupported = []
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        unsupported.append(f"activation_function={hf['activation_function']}")
-    if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0)):
-        unsupported.append(f"n_inner={hf['n_inner']}")
-    if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
-        unsupported.append(f"layer_norm_epsilon={hf['layer_norm_epsilon']}")
-    for flag, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("tie_word_embeddings", True)):
-        if hf.get(flag, wanted) != wanted:
-            unsupported.append(f"{flag}={hf[flag]}")
-    if unsupported:
-        raise CheckpointError(f"{source}: GPT-2 variant not supported by microgpt ({', '.join(unsupported)})")
-    try:
-        return GPTConfig(
-            vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx")),
-            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-            pos_emb="learned", bias=True, dropout=0.0,
-            vocab_multiple=1,  # exactly the pretrained vocabulary: no padding logits to skew the loss
-        )
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{source}/config.json is not a usable GPT-2 config ({e})") from e
 
 
 def tokenizer_for_hf_dir(directory: Path, config: GPTConfig) -> Tokenizer:
@@ -198,24 +173,6 @@ def tokenizer_for_hf_dir(directory: Path, config: GPTConfig) -> Tokenizer:
     return TiktokenTokenizer("gpt2")
 
 
-def ours_from_hf(hf_state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Hugging Face GPT-2 tensors under our names and layouts."""
-    state = {}
-    for key, tensor in hf_state.items():
-        key = key.removeprefix("transformer.")
-        if key.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers that older files carry
-        if key == "lm_head.weight":
-            wte = hf_state.get("transformer.wte.weight", hf_state.get("wte.weight"))
-            if wte is None or not torch.equal(tensor, wte):
-                raise CheckpointError(f"{source} has an LM head that is not tied to the embedding; microgpt ties them")
-            continue
-        if key.endswith(CONV1D_WEIGHTS):
-            tensor = tensor.t()
-        state["transformer." + key] = tensor
-    return state
-
-
 def copy_weights(model: GPT, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy `state` (our names) into `model`, checking every name and shape.
 
@@ -225,8 +182,9 @@ def copy_weights(model: GPT, state: dict[str, torch.Tensor], source: str) -> Non
     learned position table may be cropped to a shorter context (nanoGPT's crop_block_size).
     """
     own = model.state_dict()
-    expected = set(own) - {"lm_head.weight"}  # tied to the embedding
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - {"lm_head.weight"})
+    tied = {"lm_head.weight"} if model.config.tie_embeddings else set()  # the embedding itself
+    expected = set(own) - tied
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - tied)
     if missing or unexpected:
         raise CheckpointError(
             f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]} "
@@ -236,7 +194,7 @@ def copy_weights(model: GPT, state: dict[str, torch.Tensor], source: str) -> Non
     with torch.no_grad():
         for key in sorted(expected):
             target, tensor = own[key], state[key]
-            if key == "transformer.wte.weight" and tensor.shape != target.shape and tensor.shape[1:] == target.shape[1:] \
+            if key in ("transformer.wte.weight", "lm_head.weight") and tensor.shape != target.shape and tensor.shape[1:] == target.shape[1:] \
                     and tensor.shape[0] >= vocab:
                 target[:vocab].copy_(tensor[:vocab])
                 target[vocab:].copy_(tensor[:vocab].mean(dim=0))
@@ -249,12 +207,3 @@ def copy_weights(model: GPT, state: dict[str, torch.Tensor], source: str) -> Non
                 )
             else:
                 target.copy_(tensor)
-
-
-# --- fine-tuning: `python -m microgpt.train init_from=...` -------------------------------------
-
-
-# --- export ---------------------------------------------------------------------------------------
-
-
-
