@@ -179,3 +179,22 @@ def test_a_setting_that_does_not_fit_stops_the_train_command_in_one_line(tmp_pat
     result = run_cli("train", "model.n_kv_head=3", "dry_run=true", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert_clean_error(result, "model.n_kv_head", "1|2|4")
+
+
+def test_the_cache_is_sized_to_the_generation_not_the_context(monkeypatch):
+    import microgpt.core.attention as attention
+
+    lengths = []
+    original = attention.KVCache.__init__
+
+    def recording(self, batch, n_head, max_len, head_dim, device, dtype):
+        lengths.append(max_len)
+        original(self, batch, n_head, max_len, head_dim, device, dtype)
+
+    monkeypatch.setattr(attention.KVCache, "__init__", recording)
+    model = build(**{**VARIANTS["gqa_llama"], "block_size": 131072, "rope_scaling": "llama3",
+                     "rope_factor": 32.0, "rope_original_block_size": 8192})
+    prompt = torch.randint(0, 97, (1, 6))
+    out = model.generate(prompt, 10, top_k=1)
+    assert lengths == [16, 16]  # per layer: the prompt and the new tokens, not 131072
+    assert torch.equal(out, model.generate(prompt, 10, top_k=1, use_cache=False))

@@ -2,7 +2,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from microgpt.cli.overrides import CONFIG_DIR
+from conftest import compose_train
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT, GPTConfig, RotaryEmbedding
 
@@ -11,7 +11,7 @@ HF_GPT2_PARAMS = {"gpt2_124m": 124_439_808, "gpt2_350m": 354_823_168, "gpt2_774m
 
 
 def preset(name: str, **overrides) -> GPTConfig:
-    settings = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/model/{name}.yaml"))
+    settings = OmegaConf.to_container(compose_train(f"model={name}").model)
     settings["vocab_size"] = settings["vocab_size"] or 50257
     return GPTConfig(**{**settings, **overrides})
 

@@ -130,11 +130,12 @@ class GPT(nn.Module):
             loss = F.cross_entropy(real.reshape(-1, real.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def new_caches(self, batch: int) -> list:
-        """One cache per layer (KVCache, or LatentCache for latent attention), preallocated to the
-        context window."""
+    def new_caches(self, batch: int, max_len: int | None = None) -> list:
+        """One cache per layer (KVCache, or LatentCache for latent attention), preallocated to
+        `max_len` tokens (default: the context window)."""
         p = self.transformer.wte.weight
-        return [block.attn.new_cache(batch, self.config.block_size, p.device, p.dtype) for block in self.transformer.h]
+        length = min(max_len or self.config.block_size, self.config.block_size)
+        return [block.attn.new_cache(batch, length, p.device, p.dtype) for block in self.transformer.h]
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
         """What the cache holds per token of context, all layers together."""
@@ -164,7 +165,8 @@ class GPT(nn.Module):
     ) -> Iterator[torch.Tensor]:
         """Yield the next token ids, shape (B,), one step at a time.
 
-        One KV cache (per layer, preallocated to the context window) serves the whole generation.
+        One KV cache (per layer, preallocated to the longest window this generation reaches) serves
+        the whole generation.
         Each row sees a window of its latest tokens that grows until it fills the context; when it
         would overflow, it restarts from the row's latest `block_size // 2` tokens and grows again
         (the kept tokens are prefilled again once, into the same cache: their keys and values
@@ -181,7 +183,9 @@ class GPT(nn.Module):
         tokens = idx
         # Where each row's window starts, as an index into its row of `tokens` (padding included).
         starts = [p + max(0, idx.size(1) - p - block) for p in (pad.tolist() if pad is not None else [0] * idx.size(0))]
-        caches = self.new_caches(idx.size(0)) if use_cache else None
+        # Sized to what this generation can hold, not the whole context: a long-context model
+        # (Llama 3's 131072 tokens) would otherwise allocate gigabytes for a short reply.
+        caches = self.new_caches(idx.size(0), idx.size(1) - min(starts) + max_new_tokens) if use_cache else None
         cached_len = 0  # how many leading tokens of the window the caches hold
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
