@@ -112,3 +112,10 @@ def test_unknown_choice_in_a_sweep_is_one_line_before_any_job(tmp_path):
                      cwd=tmp_path, timeout=120)
     assert_clean_error(result, "unknown model 'banana'", "nano")
     assert not (tmp_path / "sweep").exists()
+
+
+def test_hydra_interpolations_in_overrides_resolve_inside_the_job(tmp_path):
+    """${hydra:...} exists only inside a running job: the checks before it must leave it unresolved."""
+    result = run_cli("train", "dry_run=true", f"hydra.run.dir={tmp_path}/runs/${{hydra:job.name}}", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "runs" / "train" / ".hydra" / "config.yaml").is_file()

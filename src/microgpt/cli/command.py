@@ -54,7 +54,9 @@ def hydra_command(config_name: str) -> Callable:
                 from microgpt.io.run_dir import refuse_if_in_use
 
                 # Before Hydra writes .hydra/ and the log into a directory another run is using.
-                refuse_if_in_use(composed.hydra.run.dir)
+                run_dir = planned_run_dir(composed)
+                if run_dir is not None:
+                    refuse_if_in_use(run_dir)
             sys.argv[1:] = argv
             result = hydra_main()
             if _failed_jobs:
@@ -66,6 +68,17 @@ def hydra_command(config_name: str) -> Callable:
         return entry_point
 
     return decorate
+
+
+def planned_run_dir(composed) -> str | None:
+    """The run directory, or None where it names ${hydra:...} values that exist only inside a
+    running job (the job takes the directory's lock itself then)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        return composed.hydra.run.dir
+    except InterpolationResolutionError:
+        return None
 
 
 def runs_as(command: list[str], task: Callable) -> Callable:

@@ -285,7 +285,9 @@ def _missing_in_chosen_options(composed, choices: dict) -> str | None:
     config alone cannot tell that `stage/2.yaml` asks for `init_from`: read the chosen files."""
     from microgpt.cli.overrides import CONFIG_DIR
 
-    typed = {o.split("=", 1)[0].lstrip("+~") for o in composed.hydra.overrides.task} if "hydra" in composed else set()
+    # Unresolved: an override's text may hold ${hydra:...}, which only resolves inside a running job.
+    task = OmegaConf.to_container(composed.hydra.overrides, resolve=False)["task"] if "hydra" in composed else []
+    typed = {o.split("=", 1)[0].lstrip("+~") for o in task}
     for group, option in choices.items():
         path = Path(CONFIG_DIR) / group / f"{option}.yaml"
         if group.startswith("hydra") or not option or not path.is_file():

@@ -125,7 +125,7 @@ class LatentAttention(nn.Module):
         self.latent = config.kv_lora_rank
         q_width = self.n_head * (self.nope + self.rope_dim)
         if config.q_lora_rank is None:
-            self.q_proj = nn.Linear(config.n_embd, q_width, bias=config.bias)
+            self.q_proj = nn.Linear(config.n_embd, q_width, bias=False)  # unbiased in DeepSeek's too
         else:
             self.q_a_proj = nn.Linear(config.n_embd, config.q_lora_rank, bias=config.bias)
             self.q_a_norm = RMSNorm(config.q_lora_rank, LATENT_NORM_EPS)
