@@ -107,8 +107,9 @@ def test_a_transformers_directory_loads_with_its_logits_and_greedy_tokens(hf_cas
         assert max_diff(lm.model(x)[0], expected) < 1e-4
     prompt = ids(2, batch=1, length=5)
     ours = lm.model.generate(prompt, 24, temperature=0)
-    theirs = hf.generate(prompt, max_new_tokens=24, min_new_tokens=24, do_sample=False, use_cache=True,
-                         pad_token_id=0)
+    # An explicit mask: without one, transformers masks every prompt token equal to pad_token_id.
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, min_new_tokens=24,
+                         do_sample=False, use_cache=True, pad_token_id=0)
     assert torch.equal(ours, theirs)
 
 

@@ -165,10 +165,9 @@ class GPT(nn.Module):
     ) -> Iterator[torch.Tensor]:
         """Yield the next token ids, shape (B,), one step at a time.
 
-        One KV cache (per layer, preallocated to the longest window this generation reaches) serves
-        the whole generation.
-        Each row sees a window of its latest tokens that grows until it fills the context; when it
-        would overflow, it restarts from the row's latest `block_size // 2` tokens and grows again
+        One KV cache (per layer, sized to the longest window this generation reaches) serves the
+        whole generation. Each row sees a window of its latest tokens that grows until it fills the
+        context; when it would overflow, it restarts from the row's latest `block_size // 2` tokens and grows again
         (the kept tokens are prefilled again once, into the same cache: their keys and values
         depended on the tokens left behind, and carry their old positions). So within the window
         every token sees the whole sequence; past it, each sees between half a window and a whole

@@ -32,6 +32,7 @@ from torchmetrics import MeanMetric
 
 from microgpt.core.errors import CheckpointError, ConfigError, MicroGPTError
 from microgpt.core.model import GPT, GPTConfig
+from microgpt.core.moe import moe_stats
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.core.tokenizers import tokenizer_from_state
 
@@ -99,7 +100,26 @@ class GPTModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         _, loss = self._train_forward(batch[:, :-1], batch[:, 1:])
+        if self.model.config.n_experts:  # the routers' balancing and z-losses (validation: cross-entropy alone)
+            loss = loss + self.model.moe_loss()
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Once per optimizer step, after the window's last backward: its last micro-batch's routing.
+        if self.model.config.n_experts:
+            self._log_moe_stats()
+
+    def _log_moe_stats(self) -> None:
+        stats = moe_stats(self.model)  # this rank's, like the other per-step metrics without sync_dist
+        if not stats:
+            return
+        for name, key in (("train/moe_aux_loss", "aux_loss"), ("train/moe_z_loss", "z_loss"),
+                          ("train/expert_max_load", "max_load")):
+            self.log(name, stats[key], on_step=True, on_epoch=False, sync_dist=False)
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        if every and (trainer.global_step + 1) % every == 0:  # Lightning's own logging steps
+            log_expert_load(trainer, stats["load"].tolist())
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         targets = batch[:, 1:]
@@ -201,6 +221,23 @@ class GPTModule(L.LightningModule):
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def log_expert_load(trainer: L.Trainer, load: list[float]) -> None:
+    """The fraction of routed assignments each expert got (mean over MoE layers), at this step:
+    a W&B histogram with one bin per expert; a scalar per expert for the other loggers. Straight
+    to the loggers (self.log takes scalars only), at the step Lightning gives this step's metrics."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    step = trainer.global_step
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            histogram = wandb.Histogram(np_histogram=(load, list(range(len(load) + 1))))
+            logger.log_metrics({"train/expert_load": histogram}, step=step)
+        else:
+            logger.log_metrics({f"train/expert_load_{e}": v for e, v in enumerate(load)}, step=step)
 
 
 def instantiate_setting(group: str, settings: dict, **kwargs):
