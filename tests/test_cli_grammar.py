@@ -119,3 +119,6 @@ def test_hydra_interpolations_in_overrides_resolve_inside_the_job(tmp_path):
     result = run_cli("train", "dry_run=true", f"hydra.run.dir={tmp_path}/runs/${{hydra:job.name}}", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "runs" / "train" / ".hydra" / "config.yaml").is_file()
+    # a setting whose default is ${hydra:...} takes a plain value
+    result = run_cli("train", "dry_run=true", f"paths.output_dir={tmp_path}/out", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -217,7 +217,8 @@ def expected_types(composed, baseline, key: str) -> set | None:
         hint = section_schema(path, parent)[2].get(name)
         if hint is not None:
             return types_of(hint)
-    default = OmegaConf.select(baseline, key, default=_ABSENT, throw_on_missing=False)
+    default = OmegaConf.select(baseline, key, default=_ABSENT, throw_on_missing=False,
+                               throw_on_resolution_failure=False)  # ${hydra:...} resolves only in the job
     if isinstance(default, (ListConfig, DictConfig)):
         return {list} if isinstance(default, ListConfig) else {dict}
     if isinstance(default, str) and "${" in default:

@@ -10,6 +10,8 @@ encodes and decodes exactly as microgpt does.
   not match is dropped by both).
 - Characters (`CharTokenizer`): a WordLevel model over single characters. A character outside the
   vocabulary is an error in both (microgpt raises DataError, `tokenizers` a WordLevel error).
+- A Hugging Face tokenizer (`HFTokenizer`, read from a tokenizer.json) is written back as it was read,
+  byte for byte; tokenizer_config.json names its end-of-text token.
 - microgpt encodes text that spells "<|endoftext|>" (or another special token) as ordinary text:
   tokenizer_config.json sets `split_special_tokens`, so transformers does the same. The special
   tokens keep their ids and decode to their text.
@@ -27,6 +29,7 @@ from pathlib import Path
 from microgpt.core.bpe import N_BYTES, PATTERNS, BPETokenizer, bytes_to_unicode
 from microgpt.core.errors import ConfigError
 from microgpt.core.tokenizer import ENDOFTEXT, CharTokenizer, TiktokenTokenizer, Tokenizer
+from microgpt.core.tokenizer_json import HFTokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -70,15 +73,19 @@ def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, model_max_length: int | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / name for name in hf_tokenizer_files()]
-    hf.save(str(paths[0]))
-    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}
+    if isinstance(tokenizer, HFTokenizer):
+        # As read: its post-processor (a BOS it adds, say) stays for transformers' own encode.
+        paths[0].write_text(tokenizer.json_text, encoding="utf-8")
+        special, flags = {"eos_token": tokenizer.hf.id_to_token(tokenizer.eot)}, {}
+    else:
+        hf.save(str(paths[0]))
+        special, flags = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}, {"add_bos_token": False, "add_eos_token": False}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special,
         "split_special_tokens": True,  # "<|endoftext|>" in text is text, as in microgpt's encode
         "clean_up_tokenization_spaces": False,  # decode gives back the text exactly
-        "add_bos_token": False,
-        "add_eos_token": False,
+        **flags,
     }
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
@@ -93,6 +100,8 @@ def hf_tokenizer(tokenizer: Tokenizer):
         return _BUILT[tokenizer]
     except (KeyError, TypeError):
         pass
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.hf  # exact by construction: the file it was read from
     name = describe(tokenizer)
     probe, fix = PROBE, PATTERN_FIX
     if isinstance(tokenizer, CharTokenizer):
@@ -109,7 +118,7 @@ def hf_tokenizer(tokenizer: Tokenizer):
         hf, expected = byte_level(ranks, pattern, enc._special_tokens, name)
     else:
         raise ConfigError(f"cannot export {name} as a Hugging Face tokenizer: no Hugging Face form is known for "
-                          f"{type(tokenizer).__name__}; export with tokenizer=gpt2, bpe or char")
+                          f"{type(tokenizer).__name__}; export with tokenizer=gpt2, bpe, char or hf")
     check_same(tokenizer, hf, expected, probe, name, fix)
     try:
         _BUILT[tokenizer] = hf

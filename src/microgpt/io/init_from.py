@@ -6,6 +6,7 @@ from __future__ import annotations
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
+from microgpt.core.tokenizer_json import HFTokenizer
 from microgpt.io.pretrained import (
     GPT2_MODELS,
     PretrainedModelConfig,
@@ -93,6 +94,8 @@ def check_same_network(init_from: str, source: GPTConfig, source_tokenizer: Toke
         problems.append(f"the tokenizer differs ({source_tokenizer!r} there, {tokenizer!r} here)")
         if isinstance(source_tokenizer, TiktokenTokenizer):
             fixes["tokenizer"] = "gpt2" if source_tokenizer.encoding_name == "gpt2" else source_tokenizer.encoding_name
+        elif isinstance(source_tokenizer, HFTokenizer) and is_pretrained_source(init_from):
+            fixes["tokenizer"], fixes["tokenizer.path"] = "hf", init_from  # the directory's own tokenizer.json
     if not problems:
         return
     fixes.pop("model.vocab_size", None)  # follows from the tokenizer

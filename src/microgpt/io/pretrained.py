@@ -1,5 +1,6 @@
 """Pretrained weights in: GPT-2 from the Hub (downloaded once), or a local Hugging Face directory of
-any family io/hf lists (config.json + model.safetensors; config.json's model_type picks the family).
+any family io/hf lists (config.json + model.safetensors; config.json's model_type picks the family),
+with its tokenizer: microgpt's own file of an export, else the directory's tokenizer.json, else GPT-2's.
 
 Exports made before the Hugging Face families existed (RoPE models: model.safetensors under our
 names + microgpt_config.json) still load.
@@ -19,7 +20,8 @@ from safetensors.torch import load_file
 from microgpt.core.errors import CheckpointError, ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
-from microgpt.core.tokenizers import load_tokenizer, tokenizer_from_state
+from microgpt.core.tokenizer_json import TOKENIZER_JSON
+from microgpt.core.tokenizers import MICROGPT_TOKENIZER_FILE, load_tokenizer, tokenizer_from_state
 from microgpt.io.hf.families import hf_state_to_ours
 
 # name -> (Hub repository, shape, our model config)
@@ -32,7 +34,7 @@ GPT2_MODELS = {
 HF_FILES = ("config.json", "model.safetensors")
 WEIGHTS_FILE = "model.safetensors"
 MICROGPT_CONFIG_FILE = "microgpt_config.json"  # older microgpt exports of RoPE models
-TOKENIZER_FILE = "microgpt_tokenizer.json"  # a non-GPT-2 tokenizer travelling with an export
+TOKENIZER_FILE = MICROGPT_TOKENIZER_FILE  # a non-GPT-2 tokenizer travelling with an export
 EXPORT_FORMAT = "microgpt-export"
 GPT2_VOCAB_SIZE = 50257
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -163,12 +165,21 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def tokenizer_for_hf_dir(directory: Path, config: GPTConfig) -> Tokenizer:
-    if (directory / TOKENIZER_FILE).is_file():
-        return load_tokenizer(directory / TOKENIZER_FILE)
+    """microgpt_tokenizer.json (an export's exact tokenizer), else tokenizer.json (end-of-text from
+    config.json's eos_token_id, else tokenizer_config.json's eos_token), else GPT-2's for its vocabulary."""
+    if (directory / TOKENIZER_FILE).is_file() or (directory / TOKENIZER_JSON).is_file():
+        tokenizer = load_tokenizer(directory)
+        own = getattr(tokenizer, "n_tokens", tokenizer.vocab_size)
+        if own > config.vocab_size:
+            raise CheckpointError(
+                f"{directory}: its tokenizer has {own} ids but the model's embedding only {config.vocab_size} rows "
+                f"(config.json vocab_size); the tokenizer belongs to another model: replace it with the model's own"
+            )
+        return tokenizer
     if config.vocab_size != GPT2_VOCAB_SIZE:
         raise CheckpointError(
             f"{directory} has a vocabulary of {config.vocab_size}, not GPT-2's {GPT2_VOCAB_SIZE}, and no "
-            f"{TOKENIZER_FILE}; add the tokenizer file (Tokenizer.save) next to the weights"
+            f"{TOKENIZER_JSON} or {TOKENIZER_FILE}; add the model's tokenizer.json (save_pretrained of its tokenizer)"
         )
     return TiktokenTokenizer("gpt2")
 

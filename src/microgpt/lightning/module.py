@@ -35,6 +35,7 @@ from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.moe import moe_stats
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.core.tokenizers import tokenizer_from_state
+from microgpt.lightning.loggers import shorten_long_values
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -69,7 +70,10 @@ class GPTModule(L.LightningModule):
     ) -> None:
         super().__init__()
         optim, schedule = with_target(optim, LEGACY_OPTIM), with_target(schedule, LEGACY_SCHEDULE)
-        self.save_hyperparameters(dict(model=model, tokenizer=tokenizer, optim=optim, schedule=schedule, compile=compile))
+        # Not handed to the loggers as they are: a Hub tokenizer's state is megabytes of JSON, which
+        # CSVLogger would rewrite as YAML at every save; on_fit_start logs a shortened copy instead.
+        self.save_hyperparameters(dict(model=model, tokenizer=tokenizer, optim=optim, schedule=schedule, compile=compile),
+                                  logger=False)
         self.model = GPT(GPTConfig.from_dict(model))
         self.schedule = instantiate_setting("schedule", schedule, peak_lr=optim.get("lr"))
         # Built (and its settings checked) here, before any trainer starts; called with the
@@ -88,6 +92,11 @@ class GPTModule(L.LightningModule):
         if self._tokenizer is None:
             self._tokenizer = tokenizer_from_state(self.hparams.tokenizer)
         return self._tokenizer
+
+    def on_fit_start(self) -> None:
+        summary = shorten_long_values(dict(self.hparams))
+        for logger in self.loggers:
+            logger.log_hyperparams(summary)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.compile:
