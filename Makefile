@@ -3,7 +3,7 @@
 TORCH ?= torch
 PYTHON ?= python
 
-.PHONY: install test test-all bench lint
+.PHONY: install test test-all bench bench-arch lint
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
@@ -14,6 +14,10 @@ test:
 
 bench:
 	$(PYTHON) bench/run_all.py
+
+# Every *_nano architecture preset on the same data, tokens and seed (CPU, one thread, ~10 min): one table.
+bench-arch:
+	$(PYTHON) bench/compare_architectures.py
 
 lint:
 	$(PYTHON) -m ruff check src tests bench

@@ -1,9 +1,14 @@
-"""Model FLOPs per token, the numerator of MFU; and a measured matmul peak for hardware with no datasheet.
+"""Parameters, FLOPs and KV-cache bytes of every architecture, from its config alone; and a
+measured matmul peak for hardware with no datasheet.
 
 MFU (model FLOPs utilisation, PaLM appendix B) = FLOPs the model needs per token x tokens/s,
 divided by what the hardware could do at peak. Only the model's arithmetic counts: recomputation,
 padding waste and communication do not, so MFU compares fairly across implementations. The
 datasheet peaks of GPUs are Lightning Fabric's (`microgpt.lightning.callbacks.throughput`).
+
+Counted from the config, not from a built model, so the figures exist for shapes too large to
+build here (Mixtral's 46.7B); tests/test_presets.py checks them against `GPT(config)` on the meta
+device and against `transformers`' own models.
 """
 
 from __future__ import annotations
@@ -13,30 +18,108 @@ import time
 
 import torch
 
-from microgpt.core.model import GPTConfig
+from microgpt.core.config import GPTConfig
+
+
+def _linear(n_in: int, n_out: int, bias: bool) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def _norm(config: GPTConfig, dim: int) -> int:
+    """RMSNorm: a gain; LayerNorm: a gain and, with biases on, a bias."""
+    return dim * (2 if config.norm == "layernorm" and config.bias else 1)
+
+
+def attention_params(config: GPTConfig) -> int:
+    """One layer's attention: its projections and any QK-norm or latent norm gains."""
+    C, b, H = config.n_embd, config.bias, config.n_head
+    if config.attention == "mla":
+        qk, latent, rope = config.qk_nope_head_dim + config.qk_rope_head_dim, config.kv_lora_rank, config.qk_rope_head_dim
+        rank = config.q_lora_rank
+        # DeepSeek's full-rank q_proj has no bias whatever attention_bias says
+        q = C * H * qk if rank is None else _linear(C, rank, b) + rank + rank * H * qk
+        kv = _linear(C, latent + rope, b) + latent + latent * H * (config.qk_nope_head_dim + config.v_head_dim)
+        return q + kv + _linear(H * config.v_head_dim, C, b)
+    q_width, kv_width = H * config.head_size, config.kv_heads * config.head_size
+    qk_norm = {"none": 0, "head": 2 * config.head_size, "full": q_width + kv_width}[config.qk_norm]
+    return _linear(C, q_width + 2 * kv_width, b) + _linear(q_width, C, b) + qk_norm
+
+
+def _dense_mlp(config: GPTConfig, hidden: int) -> int:
+    gated = 2 if config.mlp == "swiglu" else 1  # SwiGLU's c_fc holds the gate and the value
+    return _linear(config.n_embd, gated * hidden, config.bias) + _linear(hidden, config.n_embd, config.bias)
+
+
+def _expert(config: GPTConfig) -> int:
+    """One routed expert: the dense MLP's matrices at the expert's hidden size, never biases."""
+    gated = 2 if config.mlp == "swiglu" else 1
+    return (gated + 1) * config.n_embd * config.expert_hidden_size
+
+
+def mlp_params(config: GPTConfig, index: int, active: bool = False) -> int:
+    """Layer `index`'s MLP: dense, or the router, the experts (`active`: the top-k a token uses)
+    and any shared experts of an MoE layer."""
+    if not config.is_moe_layer(index):
+        return _dense_mlp(config, config.hidden_size)
+    experts = config.n_experts_per_tok if active else config.n_experts
+    shared = _dense_mlp(config, config.n_shared_experts * config.expert_hidden_size) if config.n_shared_experts else 0
+    return config.n_experts * config.n_embd + experts * _expert(config) + shared
+
+
+def _count(config: GPTConfig, active: bool) -> int:
+    layers = sum(attention_params(config) + mlp_params(config, i, active) + 2 * _norm(config, config.n_embd)
+                 for i in range(config.n_layer))
+    embeddings = config.padded_vocab_size * config.n_embd * (1 if config.tie_embeddings else 2)
+    return layers + _norm(config, config.n_embd) + embeddings
 
 
 def param_count(config: GPTConfig) -> int:
-    """Parameters of `GPT(config)` that take part in matmuls: all but the learned position table.
+    """Parameters of `GPT(config)` but a learned position table (a lookup, no matmul): all of them
+    with RoPE or no positions. An MoE model's total, every expert included; a tied LM head is the
+    token embedding, counted once."""
+    return _count(config, active=False)
 
-    Counted from the config alone (the tied LM head shares the token embedding), so FLOPs can be
-    estimated for models too large to build here.
-    """
-    C, b = config.n_embd, int(config.bias)
-    per_layer = 12 * C * C + 2 * C + 11 * b * C  # qkv + proj + 4x MLP weights; 2 LayerNorms; biases
-    final_norm = C + b * C
-    return config.n_layer * per_layer + final_norm + config.padded_vocab_size * C
+
+def active_param_count(config: GPTConfig) -> int:
+    """The parameters one token passes through: `param_count` with each MoE layer's experts cut to
+    the `n_experts_per_tok` it is routed to (the router and shared experts always run)."""
+    return _count(config, active=True)
+
+
+def non_embedding_param_count(config: GPTConfig) -> int:
+    """`param_count` less the token embedding (as `GPT.count_params(non_embedding=True)`); an
+    untied LM head stays in."""
+    return param_count(config) - config.padded_vocab_size * config.n_embd
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
-    """Training FLOPs (forward + backward) per token: 6N plus attention's 12 * layers * width * T.
+    """Training FLOPs (forward + backward) per token: 6N plus attention's scores and weighted sum.
 
-    6N: each weight does a multiply-add (2 FLOPs) forward and twice that backward. The attention
-    scores and their weighted sum add 2 * 2 * T * C per layer and token forward, x3 with backward
-    (not halved for causality, as nanoGPT and PaLM count it). T is the trained sequence length.
+    N is the active parameter count less an untied token embedding (a lookup; a tied one is
+    counted once, as the LM head's matmul): each weight does a multiply-add (2 FLOPs) forward and
+    twice that backward. Norm gains and biases are in N too (a rounding error of a per-element
+    op, kept so the count of the default GPT is the one it always was). Attention adds, per layer
+    and token, 2 * T * (q/k width) for the scores and 2 * T * (v width) for their weighted sum
+    forward, x3 with backward (not halved for causality, as nanoGPT and PaLM count it): for the
+    default model 12 * layers * width * T. T is the trained sequence length.
     """
     T = seq_len or config.block_size
-    return 6.0 * param_count(config) + 12.0 * config.n_layer * config.n_embd * T
+    n = active_param_count(config) - (0 if config.tie_embeddings else config.padded_vocab_size * config.n_embd)
+    if config.attention == "mla":
+        widths = config.n_head * (config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim)
+    else:
+        widths = 2 * config.n_head * config.head_size
+    return 6.0 * n + 6.0 * config.n_layer * widths * T
+
+
+def kv_cache_bytes_per_token(config: GPTConfig, dtype: torch.dtype = torch.float32) -> int:
+    """What a KV cache holds per token of context, all layers: keys and values of `n_kv_head`
+    heads (GQA/MQA), or latent attention's normalised latent plus its one shared rotary key."""
+    if config.attention == "mla":
+        per_layer = config.kv_lora_rank + config.qk_rope_head_dim
+    else:
+        per_layer = 2 * config.kv_heads * config.head_size
+    return config.n_layer * per_layer * dtype.itemsize
 
 
 @functools.cache

@@ -24,8 +24,15 @@ from microgpt.core.errors import (
     Requeued,
     require_positive_int,
 )
+from microgpt.core.model import GPTConfig
 from microgpt.io.run_dir import RunDirLock, resolve_ckpt_path
-from microgpt.lightning.builders import build_datamodule, build_module, build_trainer, training_tokenizer
+from microgpt.lightning.builders import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    model_settings,
+    training_tokenizer,
+)
 from microgpt.lightning.callbacks.checkpoints import RunCheckpoint
 from microgpt.lightning.callbacks.interrupt import StopOnSignal
 from microgpt.lightning.callbacks.progress import use_summary_lines
@@ -128,11 +135,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed,
                                   val_windows=cfg.eval_batches * cfg.data.batch_size)
     tokenizer = datamodule.load()
-    module = build_module(cfg, tokenizer)
-    plan = make_plan(cfg, module.model.config)
+    # The plan needs only the config: a dry run of Mixtral 8x7B must not allocate its 187 GB.
+    plan = make_plan(cfg, GPTConfig.from_dict(model_settings(cfg, tokenizer)))
     if cfg.get("dry_run"):
         print(plan.table())
         return {}
+    module = build_module(cfg, tokenizer)
     check_devices_available(cfg.trainer, plan)
     if cfg.get("tf32"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
