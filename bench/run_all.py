@@ -34,6 +34,7 @@ SUITE = [
     ("bpe", "bench_bpe", ["--reps", "3", "--python-chars", "20000"]),
     ("generate", "bench_generate", ["--reps", "3"]),
     ("hellaswag", "bench_hellaswag", ["--reps", "3"]),
+    ("architectures", "compare_architectures", ["--steps", "100"]),
 ]
 
 
