@@ -34,6 +34,8 @@ SUITE = [
     ("bpe", "bench_bpe", ["--reps", "3", "--python-chars", "20000"]),
     ("generate", "bench_generate", ["--reps", "3"]),
     ("hellaswag", "bench_hellaswag", ["--reps", "3"]),
+    ("prepare", "bench_prepare", []),
+    ("stream shards", "bench_stream_shards", []),
     ("architectures", "compare_architectures", ["--steps", "100"]),
 ]
 

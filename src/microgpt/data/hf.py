@@ -10,16 +10,42 @@ from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.records import record_texts
 
 
-def hf_documents(source: dict) -> Iterator[str]:
-    """Documents of {"kind": "hf", "path": ..., "name": ..., "split": ..., "text_field": ..., "streaming": ...}."""
+def hf_documents(source: dict, part: tuple[int, int] | None = None) -> Iterator[str]:
+    """Documents of {"kind": "hf", "path": ..., "name": ..., "split": ..., "text_field": ..., "streaming": ...}.
+
+    `part=(k, n)`: only reader k of n's share, by `datasets.distributed.split_dataset_by_node`: a
+    streamed dataset whose shard (file) count n divides gives each reader its own shards and
+    reads nothing else; otherwise every reader reads it all and keeps every n-th record. A saved
+    or non-streamed dataset is cut into n contiguous blocks.
+    """
     path = source.get("path")
     if not path:
         raise ConfigError("an hf source needs `path:` (a Hub dataset name, a builder such as json/parquet/text, or a saved dataset directory)")
     split = source.get("split", "train")
     field = source.get("text_field", "text")
     dataset = _open(path, source.get("name"), split, source.get("data_files"), bool(source.get("streaming", True)))
+    if part is not None and part[1] > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        dataset = split_dataset_by_node(dataset, rank=part[0], world_size=part[1])
     keep = record_filter(source.get("filter"))
-    yield from record_texts((r for r in dataset if keep(r)), field, f"hf dataset {path}")
+    yield from record_texts((r for r in _records(dataset) if keep(r)), field, f"hf dataset {path}")
+
+
+def _records(dataset) -> Iterator[dict]:
+    """The rows of a dataset. A streamed one is read through `.iter()`: iterating it directly inside a
+    DataLoader worker would also split its shards among the workers, on top of our own split, and
+    silently drop the documents of the workers it gives no shard."""
+    import datasets
+
+    if not isinstance(dataset, datasets.IterableDataset):
+        yield from dataset
+        return
+    for batch in dataset.iter(batch_size=256):
+        columns = list(batch)
+        if columns:
+            for values in zip(*(batch[c] for c in columns)):
+                yield dict(zip(columns, values))
 
 
 def record_filter(spec: dict | None):

@@ -10,11 +10,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from microgpt.core.tokenizer import Tokenizer
+from microgpt.data.shards import token_dtype
 
-
-def token_dtype(tokenizer: Tokenizer) -> type:
-    """uint16 when every id fits (half the memory and disk), else uint32."""
-    return np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+__all__ = ["PackedWindows", "StepIndexedSampler", "token_dtype", "tokenize_documents", "tokenized_chunks"]
 
 
 def tokenized_chunks(documents: Iterable[str], tokenizer: Tokenizer, batch: int = 256) -> Iterator[np.ndarray]:

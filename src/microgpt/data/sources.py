@@ -8,7 +8,8 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from microgpt.core.errors import ConfigError, DataError
@@ -74,11 +75,15 @@ def url_documents(source: dict) -> Iterator[str]:
     yield from file_documents([path], source.get("text_field", "text"), suffix=data_format(url.split("?")[0]))
 
 
-def mixture_documents(components: list[dict], seed: int) -> Iterator[str]:
+def mixture_documents(components: list[dict], seed, part: tuple[int, int] = (0, 1)) -> Iterator[str]:
     """Documents drawn from several sources with probability proportional to their `weight`.
 
     A source that runs out starts again until every source has been read through once, so a
     small high-weight source is repeated rather than starving the mix. Deterministic given `seed`.
+
+    `part=(k, n)`: reader k of n mixes its own part of every source (`part_documents`), with a
+    seed of its own; a source whose part is empty (fewer documents than readers) leaves this
+    reader's mix rather than failing it.
     """
     if not components:
         raise ConfigError("a mixture needs `sources:`, each a source with a `weight`")
@@ -89,21 +94,99 @@ def mixture_documents(components: list[dict], seed: int) -> Iterator[str]:
             raise ConfigError(f"mixture weights must be positive numbers, got {w!r}")
         weights.append(float(w))
     specs = [{k: v for k, v in c.items() if k != "weight"} for c in components]
-    streams = [documents_from(s) for s in specs]
+    index, count = part
+
+    def read(spec: dict) -> Iterator[str]:
+        return documents_from(spec) if count == 1 else part_documents([spec], index, count)
+
+    streams = [read(s) for s in specs]
     finished = [False] * len(specs)
     produced = [0] * len(specs)
-    rng = random.Random(seed)
+    rng = random.Random(seed if count == 1 else f"{seed}/{index}/{count}")
     while not all(finished):
         i = rng.choices(range(len(specs)), weights=weights)[0]
         doc = next(streams[i], None)
         if doc is None:
             if produced[i] == 0:
-                raise DataError(f"mixture source {i} ({specs[i].get('kind')}) has no documents")
+                if count == 1:
+                    raise DataError(f"mixture source {i} ({specs[i].get('kind')}) has no documents")
+                finished[i], weights[i] = True, 0.0  # nothing in this reader's part of it
+                if not any(weights):
+                    return
+                continue
             finished[i] = True
-            streams[i] = documents_from(specs[i])
+            streams[i] = read(specs[i])
             doc = next(streams[i])
         produced[i] += 1
         yield doc
+
+
+@dataclass
+class Piece:
+    """A unit of a source that one reader can read alone: a file, a Hugging Face dataset, a mixture,
+    or a whole small source. `split(k, n)`, when given, reads share k of n while reading less than
+    the whole piece (a Hugging Face dataset's own shards); otherwise a share keeps every n-th document."""
+
+    read: Callable[[], Iterator[str]]
+    split: Callable[[int, int], Iterator[str]] | None = None
+
+    def share(self, index: int, count: int) -> Iterator[str]:
+        if count == 1:
+            return self.read()
+        if self.split is not None:
+            return self.split(index, count)
+        return itertools.islice(self.read(), index, None, count)
+
+
+def source_pieces(source: dict) -> list[Piece]:
+    """The pieces of one source config, in document order. `max_documents` bounds a whole source,
+    so such a source is one piece."""
+    kind = source.get("kind")
+    if source.get("max_documents"):
+        return [Piece(lambda: documents_from(source))]
+    if kind == "files":
+        field = source.get("text_field", "text")
+        return [Piece(lambda p=path: file_documents([p], field)) for path in expand_paths(source.get("paths"))]
+    if kind == "hf":
+        from microgpt.data.hf import hf_documents
+
+        return [Piece(lambda: hf_documents(source), lambda k, n: hf_documents(source, part=(k, n)))]
+    if kind == "mixture":
+        components, seed = source.get("sources") or [], source.get("seed", 0)
+        return [Piece(lambda: mixture_documents(components, seed),
+                      lambda k, n: mixture_documents(components, seed, part=(k, n)))]
+    return [Piece(lambda: documents_from(source))]
+
+
+def part_tasks(sources: list[dict], part: int, parts: int) -> list[tuple[int, int, int, int]]:
+    """Part `part` of `parts` as pieces to read: (source index, piece index, share, shares); see
+    `part_documents`."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts}")
+    pieces = [(s, p) for s, source in enumerate(sources) for p in range(len(source_pieces(source)))]
+    if parts == 1 or len(pieces) >= parts:
+        return [(s, p, 0, 1) for s, p in pieces[part::parts]]
+    first = part % len(pieces)
+    return [(*pieces[first], part // len(pieces), len(range(first, parts, len(pieces))))]
+
+
+def part_documents(sources: list[dict], part: int, parts: int) -> Iterator[str]:
+    """Part `part` of `parts` of the documents of `sources`: the parts are disjoint and together hold
+    every document once, and each reads only its own share of the input.
+
+    The sources are cut into pieces (`source_pieces`: a file each, a Hugging Face dataset, ...).
+    With at least as many pieces as parts, part k reads pieces k, k + n, k + 2n, ... whole. With
+    fewer, the parts share pieces: part k reads piece k % P only, keeping every m-th of its documents
+    (m = the parts that share it), or for a Hugging Face dataset its own shards
+    (`datasets.distributed.split_dataset_by_node`). One part is the corpus itself, in order.
+    """
+    if parts == 1:
+        for source in sources:
+            yield from documents_from(source)
+        return
+    pieces = [source_pieces(source) for source in sources]
+    for s, p, share, shares in part_tasks(sources, part, parts):
+        yield from pieces[s][p].share(share, shares)
 
 
 def pydoc_documents() -> Iterator[str]:

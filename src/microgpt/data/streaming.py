@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,13 +12,21 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.data.packing import tokenized_chunks
-from microgpt.data.splits import corpus, without
+from microgpt.data.sources import part_documents
+from microgpt.data.splits import corpus, doc_key, without
+
+log = logging.getLogger(__name__)
 
 
 def documents_after(sources: list[dict], skip: int, held_out: frozenset[bytes] = frozenset()) -> Iterator[str]:
     """The training stream: every source in order, after the first `skip` documents (validation),
     without any later copy of those (a mixture repeats its sources)."""
     return without(itertools.islice(corpus(sources), skip, None), held_out)
+
+
+def head_keys(sources: list[dict], skip: int) -> frozenset[bytes]:
+    """The keys of the first `skip` documents (validation)."""
+    return frozenset(doc_key(d) for d in itertools.islice(corpus(sources), skip))
 
 
 def pack(chunks: Iterator[np.ndarray], block_size: int) -> Iterator[np.ndarray]:
@@ -31,10 +40,17 @@ def pack(chunks: Iterator[np.ndarray], block_size: int) -> Iterator[np.ndarray]:
 
 
 class StreamingWindows(IterableDataset):
-    """Documents are dealt round-robin to (rank, worker) slots; each slot tokenizes (inside its
-    DataLoader worker) and packs only its own documents, so slots read disjoint parts that together
-    cover the stream once per epoch. The stream repeats (`epochs=None`), so ranks never run dry at
-    different times; training is bounded by max_steps.
+    """Each (rank, worker) slot k of n reads only its own part of the sources (`part_documents`:
+    files k, k + n, ... when there are at least n files, else a share of the files it is given;
+    a Hugging Face dataset's own shards), tokenizes it inside its DataLoader worker and packs it,
+    so slots read disjoint parts that together cover the stream once per epoch. Validation
+    documents (the first `skip_documents`, or `held_out`'s keys) and their copies never train. The
+    stream repeats (`epochs=None`), so ranks never run dry at different times; training is bounded
+    by max_steps.
+
+    A slot whose part holds no training document (its files are all validation) falls back to
+    every n-th document of the whole stream, with a warning: it then repeats documents of other
+    slots rather than leaving its rank without data.
 
     Resuming: a DataLoader takes its j-th batch from worker j % num_workers. After `start_batches`
     batches, the resumed loader's worker w must therefore produce what the original run's worker
@@ -74,11 +90,25 @@ class StreamingWindows(IterableDataset):
         return self.rank * workers + original_worker, self.world_size * workers, done
 
     def slot_documents(self, slot: int, slots: int) -> Iterator[str]:
-        epochs = itertools.count() if self.epochs is None else range(self.epochs)
-        for _ in epochs:
+        held = self.held_out or (head_keys(self.sources, self.skip_documents) if self.skip_documents else frozenset())
+
+        def own() -> Iterator[str]:
+            return without(part_documents(self.sources, slot, slots), held)
+
+        def shared() -> Iterator[str]:  # every slots-th document of the whole stream
+            return itertools.islice(documents_after(self.sources, self.skip_documents, held), slot, None, slots)
+
+        read = own
+        for _ in itertools.count() if self.epochs is None else range(self.epochs):
             produced = False
-            for i, doc in enumerate(documents_after(self.sources, self.skip_documents, self.held_out)):
-                if i % slots == slot:
+            for doc in read():
+                produced = True
+                yield doc
+            if not produced and read is own:
+                log.warning("stream reader %d of %d: its part of the sources holds no training document (all "
+                            "validation); it reads every %d-th document of the whole stream instead", slot, slots, slots)
+                read = shared
+                for doc in read():
                     produced = True
                     yield doc
             if not produced:
