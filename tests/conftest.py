@@ -191,3 +191,17 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+def perturbed(model, seed: int):
+    """Norm gains and biases moved off their 1 / 0 init, so a dropped or misplaced one shows, and
+    weights 4x their init, so the logits spread (std ~0.5) and a wrong tensor moves them visibly
+    (the parity tests against transformers)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn(p.shape, generator=generator) * 0.2)
+            else:
+                p.mul_(4)
+    return model.eval()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, perturbed, run_cli
 from microgpt.core.errors import CheckpointError, ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import CharTokenizer, TiktokenTokenizer
@@ -57,17 +57,6 @@ ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM", 
                  "olmo2": "Olmo2ForCausalLM"}
 
 
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Norm gains and biases moved off their 1 / 0 init, so a dropped or misplaced one shows, and
-    weights 4x their init, so the logits spread (std ~0.5) and a wrong tensor moves them visibly."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.2)
-            else:
-                p.mul_(4)
-    return model.eval()
 
 
 def save_hf(name: str, directory: Path, seed: int = 0):

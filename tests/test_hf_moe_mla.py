@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from microgpt.cli.overrides import CONFIG_DIR
+from conftest import compose_train, perturbed
 from microgpt.core.errors import CheckpointError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import CharTokenizer
@@ -61,16 +61,6 @@ ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausa
 MAX_DIFFS: dict[str, float] = {}
 
 
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Gains off 1, weights 4x their init: logits that spread, so a misplaced tensor shows."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.2)
-            else:
-                p.mul_(4)
-    return model.eval()
 
 
 def ids(seed: int, batch: int = 2, length: int = 48) -> torch.Tensor:
@@ -142,8 +132,7 @@ def test_the_fused_spelling_of_the_experts_loads_too(tmp_path):
 
 
 def preset(name: str) -> GPTConfig:
-    settings = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml"))
-    settings.pop("defaults", None)
+    settings = OmegaConf.to_container(compose_train(f"model={name}").model)
     return GPTConfig(**{**settings, "vocab_size": VOCAB})
 
 

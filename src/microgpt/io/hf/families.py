@@ -119,6 +119,13 @@ def mismatch(config: GPTConfig, required: dict) -> str | None:
     return None
 
 
+def multi_head_mismatch(config: GPTConfig, required: dict) -> str | None:
+    """`mismatch` for the families with plain multi-head attention and a head size derived from the width."""
+    if config.kv_heads != config.n_head:
+        return f"model.n_kv_head={config.n_kv_head}"
+    return mismatch(config, required) or derived_head_dim(config)
+
+
 def derived_head_dim(config: GPTConfig) -> str | None:
     """Families that derive the head size from the width: an explicit, different one is refused."""
     if config.head_dim is not None and config.head_dim * config.n_head != config.n_embd:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from microgpt.core.model import GPTConfig
-from microgpt.io.hf.families import derived_head_dim, mismatch, refuse, refused, zero_biases
+from microgpt.io.hf.families import multi_head_mismatch, refuse, refused, zero_biases
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -24,9 +24,7 @@ REQUIRED = dict(pos_emb="learned", norm="layernorm", norm_placement="pre", qk_no
 
 
 def unsupported(config: GPTConfig) -> str | None:
-    if config.kv_heads != config.n_head:
-        return f"model.n_kv_head={config.n_kv_head}"
-    return mismatch(config, REQUIRED) or derived_head_dim(config)
+    return multi_head_mismatch(config, REQUIRED)
 
 
 def config_to_hf(config: GPTConfig) -> dict:

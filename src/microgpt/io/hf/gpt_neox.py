@@ -12,7 +12,7 @@ import torch
 
 from microgpt.core.errors import CheckpointError
 from microgpt.core.model import GPTConfig
-from microgpt.io.hf.families import derived_head_dim, mismatch, refuse, refused, rope_from_hf, rope_to_hf, zero_biases
+from microgpt.io.hf.families import multi_head_mismatch, refuse, refused, rope_from_hf, rope_to_hf, zero_biases
 
 MODEL_TYPE = "gpt_neox"
 ARCHITECTURE = "GPTNeoXForCausalLM"
@@ -29,9 +29,7 @@ ALWAYS_BIASED = ("ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj")
 
 
 def unsupported(config: GPTConfig) -> str | None:
-    if config.kv_heads != config.n_head:
-        return f"model.n_kv_head={config.n_kv_head}"
-    return mismatch(config, REQUIRED) or derived_head_dim(config)
+    return multi_head_mismatch(config, REQUIRED)
 
 
 def config_to_hf(config: GPTConfig) -> dict:
