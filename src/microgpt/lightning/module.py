@@ -143,17 +143,10 @@ class GPTModule(L.LightningModule):
 
     def configure_optimizers(self):
         optim, extra = self.hparams.optim, {}
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                # Weight decay on matrices only (linear weights, embeddings); never on biases or norms.
-                (decay if self._decayed(name) else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": optim["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        groups = self._parameter_groups(optim["weight_decay"],
+                                        getattr(self._optimizer_factory.func, "splits_hidden_matrices", False))
         if "fused" in optim and optim["fused"] is None:  # null: fused wherever the parameters allow it
-            extra["fused"] = fused_kernels_apply(decay + no_decay)
+            extra["fused"] = fused_kernels_apply([p for g in groups for p in g["params"]])
         try:
             optimizer = self._optimizer_factory(groups, **extra)
         except (TypeError, ValueError) as e:  # e.g. torch's "Invalid learning rate: -1.0"
@@ -161,6 +154,26 @@ class GPTModule(L.LightningModule):
         peak = self.schedule.peak_lr
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule(step) / peak)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _parameter_groups(self, weight_decay: float, split_hidden: bool) -> list[dict]:
+        """Weight decay on matrices only (linear weights, embeddings), never on biases or norms; for
+        Muon-style optimizers the matrices inside the blocks ("hidden") apart from the embeddings and
+        the head, every group tagged with its `kind`."""
+        hidden, decay, no_decay = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if not self._decayed(name):
+                no_decay.append(p)
+            elif split_hidden and unwrapped_name(name) not in OUTER_MATRICES:
+                hidden.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if split_hidden:
+            groups = [{"params": hidden, "weight_decay": weight_decay, "kind": "hidden"},
+                      *({**g, "kind": "adam"} for g in groups)]
+        return groups
 
     def _decayed(self, name: str) -> bool:
         plain = unwrapped_name(name)
@@ -259,6 +272,10 @@ def instantiate_setting(group: str, settings: dict, **kwargs):
         if isinstance(e.__cause__, MicroGPTError):
             raise e.__cause__ from None
         raise ConfigError(f"{group}._target_={settings.get('_target_')}: {e.__cause__ or e}") from e
+
+
+# The matrices outside the blocks: Muon-style optimizers leave them to AdamW.
+OUTER_MATRICES = frozenset({"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"})
 
 
 def optimizer_factory(optim: dict) -> functools.partial:
