@@ -55,7 +55,7 @@ def test_every_model_and_trainer_compose_and_plan(model, trainer):
     assert plan.memory_gib == pytest.approx(plan.state_gib + plan.activation_gib)
     assert plan.sharded == (trainer == "fsdp")
     assert plan.flops_per_token == flops_per_token(config, cfg.data.block_size)
-    assert plan.active_params == plan.params or config.n_experts
+    assert (plan.active_params < plan.params) == bool(config.n_experts)  # only routed experts sit idle
 
 
 def test_gpt2_124m_on_8xh200_numbers():

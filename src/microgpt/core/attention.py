@@ -85,11 +85,6 @@ class CausalSelfAttention(nn.Module):
         # A shared module, kept out of the submodule tree so it is not registered once per layer.
         self._rope = [rope] if rope is not None else []
 
-    @property
-    def cache_width(self) -> int:
-        """Cached elements per token."""
-        return 2 * self.n_kv_head * self.head_dim
-
     def new_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
         return KVCache(batch, self.n_kv_head, max_len, self.head_dim, device, dtype)
 
@@ -138,10 +133,6 @@ class LatentAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self._rope = [rope] if rope is not None else []
-
-    @property
-    def cache_width(self) -> int:
-        return self.latent + self.rope_dim
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> LatentCache:
         return LatentCache(batch, max_len, self.latent, self.rope_dim, device, dtype)

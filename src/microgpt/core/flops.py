@@ -19,6 +19,7 @@ import time
 import torch
 
 from microgpt.core.config import GPTConfig
+from microgpt.core.layers import fc_width
 
 
 def _linear(n_in: int, n_out: int, bias: bool) -> int:
@@ -46,14 +47,13 @@ def attention_params(config: GPTConfig) -> int:
 
 
 def _dense_mlp(config: GPTConfig, hidden: int) -> int:
-    gated = 2 if config.mlp == "swiglu" else 1  # SwiGLU's c_fc holds the gate and the value
-    return _linear(config.n_embd, gated * hidden, config.bias) + _linear(hidden, config.n_embd, config.bias)
+    return _linear(config.n_embd, fc_width(config, hidden), config.bias) + _linear(hidden, config.n_embd, config.bias)
 
 
 def _expert(config: GPTConfig) -> int:
     """One routed expert: the dense MLP's matrices at the expert's hidden size, never biases."""
-    gated = 2 if config.mlp == "swiglu" else 1
-    return (gated + 1) * config.n_embd * config.expert_hidden_size
+    hidden = config.expert_hidden_size
+    return (fc_width(config, hidden) + hidden) * config.n_embd
 
 
 def mlp_params(config: GPTConfig, index: int, active: bool = False) -> int:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from microgpt.core.attention import KVCache, LatentCache, make_attention
 from microgpt.core.config import POSITION_SCHEMES, GPTConfig
+from microgpt.core.flops import kv_cache_bytes_per_token
 from microgpt.core.layers import MLP, RotaryEmbedding, make_norm
 from microgpt.core.sampling import check_sampling, left_padding, sample_next
 
@@ -139,8 +140,7 @@ class GPT(nn.Module):
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
         """What the cache holds per token of context, all layers together."""
-        size = (dtype or self.transformer.wte.weight.dtype).itemsize
-        return sum(block.attn.cache_width for block in self.transformer.h) * size
+        return kv_cache_bytes_per_token(self.config, dtype or self.transformer.wte.weight.dtype)
 
     def moe_loss(self) -> torch.Tensor:
         """The weighted load-balancing and router z-losses of the last forward (zero when dense)."""

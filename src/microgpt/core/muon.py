@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.adam import adam
 
 # Keller Jordan's quintic: the slope at zero as steep as possible, singular values land in ~[0.7, 1.2].
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -91,16 +92,15 @@ class MuonAdamW(torch.optim.Optimizer):
             p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(-2) / p.size(-1))))
 
     def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
-        beta1, beta2 = group["betas"]
+        """torch's own AdamW step (its functional form), on this group's state."""
         for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-            state["step"] += 1
-            step = state["step"].item()
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**step))
+            if not self.state[p]:
+                self.state[p].update(step=torch.zeros((), dtype=torch.float32),
+                                     exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adam(
+            params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [], [s["step"] for s in states], decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2,
+            lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+        )
