@@ -85,8 +85,6 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif hasattr(module, "reset_expert_parameters"):  # MoE: its expert tensors are no Linear layers
-            module.reset_expert_parameters(self.config.n_layer)
 
     def count_params(self, non_embedding: bool = False) -> int:
         """Parameters, counted once each (the tied LM head is the embedding)."""
