@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+import microgpt.data.prepare as prepare_module
 from conftest import fixture_text, run_cli
 from microgpt.cli.overrides import CONFIG_DIR
 from microgpt.core.errors import ConfigError, DataError
@@ -62,8 +63,11 @@ def test_workers_give_the_same_stream_as_one_process():
 
 
 @pytest.mark.parametrize("files", [4, 1])  # workers read whole files; one file: this process reads, workers tokenize
-def test_parallel_prepare_is_byte_identical_to_one_process(tmp_path, files):
+def test_parallel_prepare_is_byte_identical_to_one_process(tmp_path, monkeypatch, files):
     corpus = write_corpus(tmp_path / "corpus", files=files, per_file=240 // files)
+    by_pieces = []  # the path in which the workers read whole files, else the identity below proves nothing of it
+    real = prepare_module.piece_chunks
+    monkeypatch.setattr(prepare_module, "piece_chunks", lambda *a, **k: by_pieces.append(len(a[1])) or real(*a, **k))
     outs = {}
     for n in (1, 2):
         outs[n] = prepare_shards(prepare_cfg(corpus, tmp_path / f"np{n}", f"num_proc={n}"))
@@ -73,6 +77,7 @@ def test_parallel_prepare_is_byte_identical_to_one_process(tmp_path, files):
     assert manifests[0] == manifests[1] and len(manifests[0]["train"]) > 3
     for split in ("train", "val"):
         assert shard_bytes(outs[1], split) == shard_bytes(outs[2], split)
+    assert by_pieces == ([files] if files > 1 else [])  # num_proc=2 only, every file a task
     assert not list(outs[2].glob(".tokens_*"))  # the workers' scratch files are gone
     assert resolve_num_proc(None) == os.cpu_count()
     with pytest.raises(ConfigError, match="num_proc"):

@@ -35,12 +35,15 @@ from microgpt.data.shards import (
     blocks,
     check_manifest,
     encode_documents,
+    part_name,
     remove_old_shards,
+    shard_prefix,
     worker_tokenizer,
+    write_json,
     write_manifest,
     write_split,
 )
-from microgpt.data.sources import part_documents, part_tasks, source_pieces
+from microgpt.data.sources import part_documents, part_tasks, piece_share
 from microgpt.data.splits import corpus, doc_key, head_of, split_tokens, without
 from microgpt.io.config import to_plain
 
@@ -150,16 +153,15 @@ def train_chunks(sources, held, encoder: BlockEncoder, node: int, nodes: int, sc
     pieces (files), each worker reads whole pieces itself; else this process reads and sends blocks."""
     tasks = part_tasks(sources, node, nodes)
     if encoder.num_proc > 1 and len(tasks) > 1 and scratch is not None:
-        return piece_chunks(encoder, sources, tasks, held, scratch)
+        return piece_chunks(encoder, tasks, held, scratch)
     return encoder.chunks(without(docs if docs is not None else part_documents(sources, node, nodes), held))
 
 
-def _encode_piece(sources: list[dict], held: frozenset[bytes], task: tuple, path: str, block_chars: int) -> int:
+def _encode_piece(held: frozenset[bytes], task: tuple[dict, int, int], path: str, block_chars: int) -> int:
     """Read, filter and tokenize one piece of the sources (`sources.part_tasks`) in a worker, into
     the file `path`; returns its token count. The worker reads the files itself: parsing records
     costs about as much as tokenizing them, too much to leave to the one parent process."""
-    source, piece, share, shares = task
-    docs = without(source_pieces(sources[source])[piece].share(share, shares), held)
+    docs = without(piece_share(*task), held)
     count = 0
     with open(path, "wb") as f:
         for block in blocks(docs, block_chars):
@@ -169,9 +171,9 @@ def _encode_piece(sources: list[dict], held: frozenset[bytes], task: tuple, path
     return count
 
 
-def piece_chunks(encoder: BlockEncoder, sources: list[dict], tasks: list[tuple], held: frozenset[bytes], scratch: Path,
+def piece_chunks(encoder: BlockEncoder, tasks: list[tuple[dict, int, int]], held: frozenset[bytes], scratch: Path,
                  read_tokens: int = 1 << 24) -> Iterator[np.ndarray]:
-    """The documents of `tasks` (pieces of `sources`) minus `held`, tokenized, in task order: each
+    """The documents of `tasks` (`sources.part_tasks`) minus `held`, tokenized, in task order: each
     worker reads, filters and tokenizes whole pieces into a scratch file (bounded memory whatever a
     piece's size), which this process then streams out and deletes."""
     pool, pending = encoder.workers(), collections.deque()
@@ -192,7 +194,7 @@ def piece_chunks(encoder: BlockEncoder, sources: list[dict], tasks: list[tuple],
     try:
         for i, task in enumerate(tasks):
             path = scratch / f".tokens_{os.getpid()}_{i:06d}.tmp"
-            pending.append((path, pool.submit(_encode_piece, sources, held, task, str(path), encoder.block_chars)))
+            pending.append((path, pool.submit(_encode_piece, held, task, str(path), encoder.block_chars)))
             if len(pending) >= 2 * encoder.num_proc:
                 yield from drain()
         while pending:
@@ -205,14 +207,6 @@ def piece_chunks(encoder: BlockEncoder, sources: list[dict], tasks: list[tuple],
             except Exception:  # noqa: S110 - the error that stopped us is already on its way
                 pass
             path.unlink(missing_ok=True)
-
-
-def shard_prefix(split: str, node: int, nodes: int) -> str:
-    return split if nodes == 1 else f"{split}_node{node:03d}"
-
-
-def part_name(node: int, nodes: int) -> str:
-    return f"part_{node:03d}_of_{nodes:03d}.json"
 
 
 def run_key(settings: dict) -> str:
@@ -255,17 +249,15 @@ def merge_parts(out_dir: Path, nodes: int) -> Path:
     if not n_train or not n_val:
         raise DataError(f"prepared {n_train} training and {n_val} validation tokens over {nodes} nodes: the corpus is "
                         f"too small for its validation holdout (give more text, or data.val_sources)")
-    first = parts[0]
-    meta = {k: first[k] for k in ("sources", "val_sources") if k in first}
-    meta.update(eot=first.get("eot"), nodes=nodes, key=first["key"],
-                seconds=round(max(p.get("seconds", 0) for p in parts), 2))
+    manifest = {k: v for k, v in parts[0].items() if k not in ("node_rank", "num_nodes")}
+    manifest.update(train=train, val=val, nodes=nodes, seconds=round(max(p.get("seconds", 0) for p in parts), 2))
     listed = {s["file"] for s in train + val}
     stale = [p for p in out_dir.iterdir()
              if (SHARD_NAME.fullmatch(p.name) and p.name not in listed)
              or ((m := PART_NAME.fullmatch(p.name)) and int(m.group(2)) != nodes)]
     for p in stale:
         p.unlink(missing_ok=True)
-    path = write_manifest(out_dir, first["tokenizer"], dtype, train, val, meta)
+    path = write_json(out_dir / MANIFEST, manifest)
     log.info("merged %d parts: %s train + %s val tokens in %s", nodes, f"{n_train:,}", f"{n_val:,}", out_dir)
     return path
 

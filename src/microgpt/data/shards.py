@@ -197,18 +197,30 @@ class ShardWriter:
         return sum(s["tokens"] for s in self.shards)
 
 
-def write_manifest(out_dir: Path, tokenizer: Tokenizer | dict, dtype, train: list[dict], val: list[dict], meta: dict,
+def write_manifest(out_dir: Path, tokenizer: Tokenizer, dtype, train: list[dict], val: list[dict], meta: dict,
                    name: str = MANIFEST) -> Path:
-    state = tokenizer if isinstance(tokenizer, dict) else tokenizer.state()
-    eot = meta.pop("eot", None) if isinstance(tokenizer, dict) else tokenizer.eot
-    manifest = {
+    """The manifest (or, `name=part_name(...)`, a node's part of one), written last."""
+    return write_json(out_dir / name, {
         "format": FORMAT, "version": VERSION, "dtype": np.dtype(dtype).name,
-        "tokenizer": state, "eot": eot, "train": train, "val": val, **meta,
-    }
-    tmp = out_dir / f"{name}.{os.getpid()}.tmp"  # per process: two nodes may merge at the same moment
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out_dir / name)  # the manifest last: a directory without one is incomplete
-    return out_dir / name
+        "tokenizer": tokenizer.state(), "eot": tokenizer.eot, "train": train, "val": val, **meta,
+    })
+
+
+def write_json(path: Path, obj: dict) -> Path:
+    """Atomically: a directory whose manifest is missing or whole is never half-written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two nodes may merge at the same moment
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def shard_prefix(split: str, node: int, nodes: int) -> str:
+    """What a (node's) split's shard files start with: `train`, or `train_node001` of a split prepare."""
+    return split if nodes == 1 else f"{split}_node{node:03d}"
+
+
+def part_name(node: int, nodes: int) -> str:
+    return f"part_{node:03d}_of_{nodes:03d}.json"
 
 
 class TokenShards:
@@ -266,7 +278,7 @@ def remove_old_shards(out_dir: Path, node: int = 0, nodes: int = 1) -> int:
         m = SHARD_NAME.fullmatch(name.removesuffix(".part"))
         if nodes == 1:
             return bool(m or PART_NAME.fullmatch(name))
-        return (bool(m) and m.group(2) == f"_node{node:03d}") or name == f"part_{node:03d}_of_{nodes:03d}.json"
+        return (bool(m) and name.startswith(shard_prefix(m.group(1), node, nodes) + "_")) or name == part_name(node, nodes)
 
     found = [p for p in out_dir.iterdir() if old(p.name)]
     for p in found:

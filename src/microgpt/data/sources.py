@@ -8,8 +8,7 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 from microgpt.core.errors import ConfigError, DataError
@@ -95,11 +94,7 @@ def mixture_documents(components: list[dict], seed, part: tuple[int, int] = (0, 
         weights.append(float(w))
     specs = [{k: v for k, v in c.items() if k != "weight"} for c in components]
     index, count = part
-
-    def read(spec: dict) -> Iterator[str]:
-        return documents_from(spec) if count == 1 else part_documents([spec], index, count)
-
-    streams = [read(s) for s in specs]
+    streams = [part_documents([s], index, count) for s in specs]
     finished = [False] * len(specs)
     produced = [0] * len(specs)
     rng = random.Random(seed if count == 1 else f"{seed}/{index}/{count}")
@@ -115,59 +110,46 @@ def mixture_documents(components: list[dict], seed, part: tuple[int, int] = (0, 
                     return
                 continue
             finished[i] = True
-            streams[i] = read(specs[i])
+            streams[i] = part_documents([specs[i]], index, count)
             doc = next(streams[i])
         produced[i] += 1
         yield doc
 
 
-@dataclass
-class Piece:
-    """A unit of a source that one reader can read alone: a file, a Hugging Face dataset, a mixture,
-    or a whole small source. `split(k, n)`, when given, reads share k of n while reading less than
-    the whole piece (a Hugging Face dataset's own shards); otherwise a share keeps every n-th document."""
-
-    read: Callable[[], Iterator[str]]
-    split: Callable[[int, int], Iterator[str]] | None = None
-
-    def share(self, index: int, count: int) -> Iterator[str]:
-        if count == 1:
-            return self.read()
-        if self.split is not None:
-            return self.split(index, count)
-        return itertools.islice(self.read(), index, None, count)
+def source_pieces(source: dict) -> list[dict]:
+    """The pieces of one source config, in document order, each a source config that one reader can
+    read alone (plain data, so a worker process can be sent one): a files source's files, one each;
+    any other source is one piece, and so is one bounded by `max_documents` (the bound is the whole's)."""
+    if source.get("kind") == "files" and not source.get("max_documents"):
+        return [{**source, "paths": [str(path)]} for path in expand_paths(source.get("paths"))]
+    return [source]
 
 
-def source_pieces(source: dict) -> list[Piece]:
-    """The pieces of one source config, in document order. `max_documents` bounds a whole source,
-    so such a source is one piece."""
-    kind = source.get("kind")
-    if source.get("max_documents"):
-        return [Piece(lambda: documents_from(source))]
-    if kind == "files":
-        field = source.get("text_field", "text")
-        return [Piece(lambda p=path: file_documents([p], field)) for path in expand_paths(source.get("paths"))]
-    if kind == "hf":
-        from microgpt.data.hf import hf_documents
+def piece_share(piece: dict, share: int, shares: int) -> Iterator[str]:
+    """Share `share` of `shares` of one piece's documents. A Hugging Face dataset or a mixture splits
+    itself, reading less than the whole (a dataset's own shards); anything else keeps every
+    `shares`-th document."""
+    if shares == 1:
+        return documents_from(piece)
+    if not piece.get("max_documents"):
+        if piece.get("kind") == "hf":
+            from microgpt.data.hf import hf_documents
 
-        return [Piece(lambda: hf_documents(source), lambda k, n: hf_documents(source, part=(k, n)))]
-    if kind == "mixture":
-        components, seed = source.get("sources") or [], source.get("seed", 0)
-        return [Piece(lambda: mixture_documents(components, seed),
-                      lambda k, n: mixture_documents(components, seed, part=(k, n)))]
-    return [Piece(lambda: documents_from(source))]
+            return hf_documents(piece, part=(share, shares))
+        if piece.get("kind") == "mixture":
+            return mixture_documents(piece.get("sources") or [], piece.get("seed", 0), part=(share, shares))
+    return itertools.islice(documents_from(piece), share, None, shares)
 
 
-def part_tasks(sources: list[dict], part: int, parts: int) -> list[tuple[int, int, int, int]]:
-    """Part `part` of `parts` as pieces to read: (source index, piece index, share, shares); see
-    `part_documents`."""
+def part_tasks(sources: list[dict], part: int, parts: int) -> list[tuple[dict, int, int]]:
+    """Part `part` of `parts` as pieces to read: (piece, share, shares), see `part_documents`."""
     if not 0 <= part < parts:
         raise ValueError(f"part {part} of {parts}")
-    pieces = [(s, p) for s, source in enumerate(sources) for p in range(len(source_pieces(source)))]
-    if parts == 1 or len(pieces) >= parts:
-        return [(s, p, 0, 1) for s, p in pieces[part::parts]]
+    pieces = [piece for source in sources for piece in source_pieces(source)]
+    if len(pieces) >= parts or not pieces:
+        return [(piece, 0, 1) for piece in pieces[part::parts]]
     first = part % len(pieces)
-    return [(*pieces[first], part // len(pieces), len(range(first, parts, len(pieces))))]
+    return [(pieces[first], part // len(pieces), len(range(first, parts, len(pieces))))]
 
 
 def part_documents(sources: list[dict], part: int, parts: int) -> Iterator[str]:
@@ -180,13 +162,8 @@ def part_documents(sources: list[dict], part: int, parts: int) -> Iterator[str]:
     (m = the parts that share it), or for a Hugging Face dataset its own shards
     (`datasets.distributed.split_dataset_by_node`). One part is the corpus itself, in order.
     """
-    if parts == 1:
-        for source in sources:
-            yield from documents_from(source)
-        return
-    pieces = [source_pieces(source) for source in sources]
-    for s, p, share, shares in part_tasks(sources, part, parts):
-        yield from pieces[s][p].share(share, shares)
+    for piece, share, shares in part_tasks(sources, part, parts):
+        yield from piece_share(piece, share, shares)
 
 
 def pydoc_documents() -> Iterator[str]:
@@ -207,10 +184,10 @@ def expand_paths(patterns) -> list[Path]:
         pattern = os.path.expanduser(str(pattern))
         if os.path.isdir(pattern):
             matches = sorted(p for p in Path(pattern).rglob("*") if p.is_file())
+        elif os.path.isfile(pattern):  # before globbing: a piece (`source_pieces`) names its file as is
+            matches = [Path(pattern)]
         elif glob.has_magic(pattern):
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-        elif os.path.isfile(pattern):
-            matches = [Path(pattern)]
         else:
             raise DataError(f"data file {pattern} does not exist; check data.sources paths (relative to {os.getcwd()})")
         if not matches:
