@@ -165,6 +165,18 @@ def test_the_config_files(tmp_path):
     assert transformers.AutoTokenizer.from_pretrained(tmp_path).encode("zyx") == [2, 1, 0]
 
 
+def test_check_then_write_builds_the_tokenizer_once(tmp_path, bpe_text, monkeypatch):
+    from microgpt.io import hf_tokenizer
+
+    builds = []
+    build = hf_tokenizer.byte_level
+    monkeypatch.setattr(hf_tokenizer, "byte_level", lambda *a: builds.append(a) or build(*a))
+    tok = train_bpe([bpe_text], 400, show_progress=False)
+    check_hf_tokenizer(tok)
+    hf = exported(tok, tmp_path)  # what an export does: check first, then write
+    assert len(builds) == 1 and hf.encode("hello there") == tok.encode("hello there")
+
+
 # --- what cannot be expressed is refused before anything is written ---
 
 def refused(tok, *words: str) -> str:

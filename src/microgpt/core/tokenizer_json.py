@@ -169,8 +169,8 @@ def gpt2_equivalent(tokenizer: HFTokenizer) -> TiktokenTokenizer | None:
     ranks = getattr(enc, "_mergeable_ranks", None)
     if ranks is None:
         return None
-    table = bytes_to_unicode()
-    expected = {piece.decode("latin-1").translate(table): i for piece, i in ranks.items()}
+    spelling = byte_level_spelling(ranks)
+    expected = {spelling[piece]: i for piece, i in ranks.items()}
     expected[ENDOFTEXT] = GPT2_N_VOCAB - 1
     if tokenizer.hf.get_vocab(with_added_tokens=True) != expected:
         return None
@@ -178,3 +178,9 @@ def gpt2_equivalent(tokenizer: HFTokenizer) -> TiktokenTokenizer | None:
     if gpt2.encode_batch(GPT2_PROBE) != tokenizer.encode_batch(GPT2_PROBE):
         return None
     return gpt2
+
+
+def byte_level_spelling(pieces: Iterable[bytes]) -> dict[bytes, str]:
+    """Each byte string as a byte-level BPE's tokenizer.json spells it (GPT-2's printable alphabet)."""
+    table = bytes_to_unicode()  # ordinal -> character; latin-1 decodes byte b to chr(b)
+    return {piece: piece.decode("latin-1").translate(table) for piece in pieces}

@@ -71,4 +71,4 @@ def tokenizer_names() -> list[str]:
     """The names of the files `transformers` reads a tokenizer from, as an export writes them."""
     from microgpt.io.hf_tokenizer import hf_tokenizer_files
 
-    return [Path(name).name for name in hf_tokenizer_files()]
+    return list(hf_tokenizer_files())

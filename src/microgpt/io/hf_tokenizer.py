@@ -26,14 +26,16 @@ import json
 import weakref
 from pathlib import Path
 
-from microgpt.core.bpe import N_BYTES, PATTERNS, BPETokenizer, bytes_to_unicode
+from microgpt.core.bpe import N_BYTES, PATTERNS, BPETokenizer
 from microgpt.core.errors import ConfigError
 from microgpt.core.tokenizer import ENDOFTEXT, CharTokenizer, TiktokenTokenizer, Tokenizer
-from microgpt.core.tokenizer_json import HFTokenizer
-
-TOKENIZER_JSON = "tokenizer.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP = "special_tokens_map.json"  # read by transformers 4.x; 5.x reads tokenizer_config.json
+from microgpt.core.tokenizer_json import (  # special_tokens_map.json: read by transformers 4.x; 5.x reads tokenizer_config.json
+    SPECIAL_TOKENS_MAP,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    HFTokenizer,
+    byte_level_spelling,
+)
 
 # Text the check encodes with both tokenizers: scripts, marks, emoji sequences, digits, contractions in
 # both cases, whitespace runs and line ends of every kind, control bytes, special-token spellings.
@@ -148,8 +150,7 @@ def byte_level(ranks: dict[bytes, int], pattern: str, special: dict[str, int], n
     if missing:
         raise ConfigError(f"cannot export {name} as a Hugging Face tokenizer: it has no token for the "
                           f"{len(missing)} single bytes such as {bytes([missing[0]])!r}, which byte-level BPE needs")
-    table = bytes_to_unicode()  # ordinal -> character; latin-1 decodes byte b to chr(b)
-    spelling = {piece: piece.decode("latin-1").translate(table) for piece in ranks}
+    spelling = byte_level_spelling(ranks)
     vocab = {spelling[piece]: i for piece, i in ranks.items()}
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=every_split(ranks, spelling), ignore_merges=True))
     try:

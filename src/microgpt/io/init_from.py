@@ -7,6 +7,7 @@ from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
 from microgpt.core.tokenizer_json import HFTokenizer
+from microgpt.io.hf.families import show
 from microgpt.io.pretrained import (
     GPT2_MODELS,
     PretrainedModelConfig,
@@ -76,12 +77,6 @@ def differences(source: GPTConfig, target: GPTConfig) -> dict[str, tuple]:
     return found
 
 
-def override_value(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return "null" if value is None else str(value)
-
-
 def check_same_network(init_from: str, source: GPTConfig, source_tokenizer: Tokenizer,
                        target: GPTConfig, tokenizer: Tokenizer) -> None:
     found = differences(source, target)
@@ -104,7 +99,7 @@ def check_same_network(init_from: str, source: GPTConfig, source_tokenizer: Toke
         for key in ("model.n_layer", "model.n_head", "model.n_embd", "model.bias", "model.block_size"):
             fixes.pop(key, None)
         fixes = {"model": GPT2_MODELS[init_from][2], "model.pos_emb": "learned", **fixes}
-    overrides = [f"{k}={override_value(v)}" for k, v in fixes.items()]
+    overrides = [f"{k}={show(v)}" for k, v in fixes.items()]
     raise ConfigError(
         f"init_from={init_from} does not match this run's model ({'; '.join(problems)}); "
         f"override: {' '.join(overrides)}"

@@ -22,7 +22,7 @@ from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
 from microgpt.core.tokenizer_json import TOKENIZER_JSON
 from microgpt.core.tokenizers import MICROGPT_TOKENIZER_FILE, load_tokenizer, tokenizer_from_state
-from microgpt.io.hf.families import hf_state_to_ours
+from microgpt.io.hf.families import CONFIG_FILE, WEIGHTS_FILE, hf_state_to_ours
 
 # name -> (Hub repository, shape, our model config)
 GPT2_MODELS = {
@@ -31,8 +31,7 @@ GPT2_MODELS = {
     "gpt2-large": ("openai-community/gpt2-large", dict(n_layer=36, n_head=20, n_embd=1280), "gpt2_774m"),
     "gpt2-xl": ("openai-community/gpt2-xl", dict(n_layer=48, n_head=25, n_embd=1600), "gpt2_1558m"),
 }
-HF_FILES = ("config.json", "model.safetensors")
-WEIGHTS_FILE = "model.safetensors"
+HF_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 MICROGPT_CONFIG_FILE = "microgpt_config.json"  # older microgpt exports of RoPE models
 TOKENIZER_FILE = MICROGPT_TOKENIZER_FILE  # a non-GPT-2 tokenizer travelling with an export
 EXPORT_FORMAT = "microgpt-export"
@@ -101,7 +100,7 @@ def pretrained_dir(config: PretrainedModelConfig) -> Path:
 def checked_dir(path: Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"directory {path} does not exist; pass a directory with {' + '.join(HF_FILES)}")
-    old_export = (path / MICROGPT_CONFIG_FILE).is_file() and not (path / "config.json").is_file()
+    old_export = (path / MICROGPT_CONFIG_FILE).is_file() and not (path / CONFIG_FILE).is_file()
     needed = (MICROGPT_CONFIG_FILE, WEIGHTS_FILE) if old_export else HF_FILES
     missing = [f for f in needed if not (path / f).is_file()]
     if missing:
@@ -131,7 +130,7 @@ def download(config: PretrainedModelConfig) -> Path:
 def read_pretrained_dir(directory: Path) -> tuple[GPT, Tokenizer]:
     """The model and tokenizer of a Hugging Face directory of any registered family, or of an export
     in the older microgpt format (microgpt_config.json + our tensor names)."""
-    if not (directory / "config.json").is_file() and (directory / MICROGPT_CONFIG_FILE).is_file():
+    if not (directory / CONFIG_FILE).is_file() and (directory / MICROGPT_CONFIG_FILE).is_file():
         payload = read_json(directory / MICROGPT_CONFIG_FILE)
         if payload.get("format") != EXPORT_FORMAT or "model" not in payload or "tokenizer" not in payload:
             raise CheckpointError(f"{directory / MICROGPT_CONFIG_FILE} is not a microgpt export config")
@@ -139,7 +138,7 @@ def read_pretrained_dir(directory: Path) -> tuple[GPT, Tokenizer]:
         tokenizer = tokenizer_from_state(payload["tokenizer"])
         state = read_safetensors(directory / WEIGHTS_FILE)
     else:
-        hf = read_json(directory / "config.json")
+        hf = read_json(directory / CONFIG_FILE)
         config, state = hf_state_to_ours(directory, hf, read_safetensors(directory / WEIGHTS_FILE))
         tokenizer = tokenizer_for_hf_dir(directory, config)
     model = GPT(config)

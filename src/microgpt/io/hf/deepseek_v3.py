@@ -18,7 +18,7 @@ import torch
 from microgpt.core.errors import CheckpointError
 from microgpt.core.model import GPTConfig
 from microgpt.io.hf import llama, mixtral
-from microgpt.io.hf.families import mismatch, refuse, refused
+from microgpt.io.hf.families import mismatch, refuse, refused, rope_from_hf, rope_to_hf
 
 MODEL_TYPE = "deepseek_v3"
 ARCHITECTURE = "DeepseekV3ForCausalLM"
@@ -56,17 +56,15 @@ def config_to_hf(config: GPTConfig) -> dict:
         "v_head_dim": config.v_head_dim, "hidden_act": "silu", "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps, "attention_bias": False, "attention_dropout": config.dropout,
         "rope_interleave": True, "num_nextn_predict_layers": 0, "initializer_range": 0.02,
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(config.rope_base)},
-        "rope_theta": float(config.rope_base),
+        **rope_to_hf(config),  # unscaled (REQUIRED)
     }
 
 
 def config_from_hf(hf: dict, source: str) -> dict:
     problems = refused(hf, {"hidden_act": "silu", "attention_bias": False, "rope_interleave": True})
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind != "default":
-        problems.append(f"rope_parameters.rope_type={kind} (scaled RoPE)")
+    rope = rope_from_hf(hf, problems)
+    if "rope_scaling" in rope:
+        problems.append(f"rope_parameters.rope_type={rope['rope_scaling']} (scaled RoPE)")
     heads, layers, width = hf["num_attention_heads"], hf["num_hidden_layers"], hf["hidden_size"]
     # num_key_value_heads means nothing to MLA: kv_b_proj makes every head's keys and values.
     first = min(hf.get("first_k_dense_replace", 3), layers)
@@ -83,8 +81,7 @@ def config_from_hf(hf: dict, source: str) -> dict:
         q_lora_rank=hf.get("q_lora_rank"), kv_lora_rank=hf["kv_lora_rank"], qk_nope_head_dim=hf["qk_nope_head_dim"],
         qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"],
         intermediate_size=None if hidden == 4 * width else hidden,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), pos_emb="rope",
-        rope_base=float(params.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **rope,
     )
     if first < layers:
         settings.update(n_experts=hf["n_routed_experts"], n_experts_per_tok=hf["num_experts_per_tok"],
@@ -131,9 +128,7 @@ def mlp_to_hf(state: dict, ours: str, theirs: str, config: GPTConfig, index: int
     out = mixtral.experts_to_hf(state, ours, theirs, EXPERT_NAMES)
     router = state[f"{ours}.router.weight"]
     out[f"{theirs}.{BIAS}"] = torch.zeros(config.n_experts, dtype=torch.float32, device=router.device)
-    gate, up = state[f"{ours}.shared.c_fc.weight"].chunk(2)  # rows [gate | up]
-    out.update({f"{theirs}.shared_experts.gate_proj.weight": gate, f"{theirs}.shared_experts.up_proj.weight": up,
-                f"{theirs}.shared_experts.down_proj.weight": state[f"{ours}.shared.c_proj.weight"]})
+    out.update(llama.dense_mlp_to_hf(state, f"{ours}.shared", f"{theirs}.shared_experts", config, index))
     return out
 
 

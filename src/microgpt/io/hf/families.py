@@ -2,14 +2,14 @@
 config, the config.json keys common to all of them, RoPE settings in both spellings, checking a
 directory's tensors against its config.json, and reading / writing a model directory.
 
-A family module (io/hf/<model_type>.py) defines MODEL_TYPE, ARCHITECTURE and
+A family module (io/hf/<model_type>.py) defines MODEL_TYPE, ARCHITECTURE, HF_EMBEDDING / HF_HEAD
+(the embedding and head tensor names, to check a tied head) and
     unsupported(config) -> str | None          the first part it cannot express ("model.norm=rmsnorm")
     config_to_hf(config) -> dict               its own config.json keys
     config_from_hf(hf, source) -> dict         GPTConfig settings (a CheckpointError names each key it refuses)
     state_to_hf(state, config) -> dict         our tensors under its names (must also work on meta tensors)
     state_from_hf(state, config, source) -> dict
-and optionally HF_EMBEDDING / HF_HEAD (the embedding and head tensor names, to check a tied head)
-and canonical_hf_names(state) -> state (older spellings of its tensor names, renamed).
+and optionally canonical_hf_names(state) -> state (older spellings of its tensor names, renamed).
 """
 
 from __future__ import annotations
@@ -245,18 +245,15 @@ def zero_biases(state: dict[str, torch.Tensor], modules: list[str]) -> dict[str,
 
 def expected_shapes(module: ModuleType, config: GPTConfig) -> dict[str, torch.Size]:
     """The tensors (names and shapes) a directory of this family and config holds."""
-    try:
-        with torch.device("meta"):
-            state = GPT(config).state_dict()
-        return {k: v.shape for k, v in module.state_to_hf(state, config).items()}
-    except (NotImplementedError, RuntimeError):  # a mapping that needs real tensors
-        return {k: v.shape for k, v in module.state_to_hf(GPT(config).state_dict(), config).items()}
+    with torch.device("meta"):  # shapes only: no memory, however large the model
+        state = GPT(config).state_dict()
+    return {k: v.shape for k, v in module.state_to_hf(state, config).items()}
 
 
 def check_tensors(module: ModuleType, config: GPTConfig, state: dict[str, torch.Tensor], source: str) -> None:
     """Every tensor config.json implies is there with its shape, and nothing else is."""
     expected = expected_shapes(module, config)
-    head, embedding = getattr(module, "HF_HEAD", "lm_head.weight"), getattr(module, "HF_EMBEDDING", "model.embed_tokens.weight")
+    head, embedding = module.HF_HEAD, module.HF_EMBEDDING
     if config.tie_embeddings and head in state and embedding in state:
         if not torch.equal(state[head], state[embedding]):
             raise CheckpointError(f"{source} has an LM head ({head}) that differs from the embedding though "
@@ -265,15 +262,13 @@ def check_tensors(module: ModuleType, config: GPTConfig, state: dict[str, torch.
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(
-            f"{source} lacks the tensor {missing[0]}{more} that a {module.ARCHITECTURE} with its config.json "
+            f"{source} lacks the tensor {first_and_count(missing)} that a {module.ARCHITECTURE} with its config.json "
             f"has; the weights are incomplete or belong to another model (re-save them with save_pretrained)"
         )
     if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise CheckpointError(
-            f"{source} has the tensor {unexpected[0]}{more}, which a {module.ARCHITECTURE} with its config.json "
+            f"{source} has the tensor {first_and_count(unexpected)}, which a {module.ARCHITECTURE} with its config.json "
             f"does not; config.json does not describe these weights, or they are a variant microgpt lacks"
         )
     for key in sorted(expected):
@@ -284,6 +279,10 @@ def check_tensors(module: ModuleType, config: GPTConfig, state: dict[str, torch.
             )
 
 
+def first_and_count(names: list[str]) -> str:
+    return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
 def hf_state_to_ours(directory: Path, hf: dict, state: dict[str, torch.Tensor]) -> tuple[GPTConfig, dict]:
     """The GPTConfig and our tensors for a Hugging Face directory of any registered family."""
     source = str(directory)
@@ -292,11 +291,6 @@ def hf_state_to_ours(directory: Path, hf: dict, state: dict[str, torch.Tensor]) 
     state = {k: v for k, v in (canonical(state) if canonical else state).items() if not k.endswith(IGNORED_SUFFIXES)}
     check_tensors(module, config, state, source)
     return config, module.state_from_hf(state, config, source)
-
-
-def model_files(model: GPT, out: Path) -> list[Path]:
-    family_for_config(model.config)  # refuses before anything is written
-    return [out / name for name in MODEL_FILES]
 
 
 def write_hf_model(model: GPT, tokenizer: Tokenizer, out: Path) -> list[Path]:

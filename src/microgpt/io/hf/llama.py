@@ -22,6 +22,7 @@ HF_HEAD = "lm_head.weight"
 REQUIRED = dict(pos_emb="rope", norm="rmsnorm", norm_placement="pre", qk_norm="none", attention="mha",
                 n_experts=0, mlp="swiglu")
 PRE_NORMS = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm"}
+QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
 MlpMap = Callable[[dict, str, str, GPTConfig, int], dict]
 
 
@@ -82,13 +83,14 @@ def config_from_hf(hf: dict, source: str) -> dict:
 
 
 def biased(state: dict, ours: str, theirs: str, out: dict, split: tuple[str, ...] = (), sizes=None) -> None:
-    """Copy `ours`.weight/.bias to `theirs`, or its row blocks to the names in `split`."""
+    """Copy `ours`.weight/.bias to `theirs`, or its row blocks (`sizes`, else equal) to the names in `split`."""
     for key in ("weight", "bias"):
         tensor = state.get(f"{ours}.{key}")
         if tensor is None:
             continue
         if split:
-            for name, part in zip(split, tensor.split(sizes, dim=0)):
+            parts = tensor.split(sizes, dim=0) if sizes else tensor.chunk(len(split), dim=0)
+            for name, part in zip(split, parts):
                 out[f"{theirs}.{name}.{key}"] = part
         else:
             out[f"{theirs}.{key}"] = tensor
@@ -103,15 +105,16 @@ def joined(state: dict, theirs: str, ours: str, out: dict, parts: tuple[str, ...
 
 
 def dense_mlp_to_hf(state: dict, ours: str, theirs: str, config: GPTConfig, index: int) -> dict:
+    """A SwiGLU MLP (c_fc rows [gate | up]); DeepSeek's shared experts are one too."""
     out = {}
-    biased(state, f"{ours}.c_fc", theirs, out, ("gate_proj", "up_proj"), [config.hidden_size] * 2)
+    biased(state, f"{ours}.c_fc", theirs, out, GATE_UP)
     biased(state, f"{ours}.c_proj", f"{theirs}.down_proj", out)
     return out
 
 
 def dense_mlp_from_hf(state: dict, theirs: str, ours: str, config: GPTConfig, index: int) -> dict:
     out = {}
-    joined(state, theirs, f"{ours}.c_fc", out, ("gate_proj", "up_proj"))
+    joined(state, theirs, f"{ours}.c_fc", out, GATE_UP)
     joined(state, f"{theirs}.down_proj", f"{ours}.c_proj", out)
     return out
 
@@ -121,41 +124,40 @@ def attention_split(config: GPTConfig) -> list[int]:
     return [q, kv, kv]
 
 
+def renamed(config: GPTConfig, norms: dict) -> dict[str, str]:
+    """Our name -> Llama's for every tensor that maps unchanged (c_attn and the MLPs aside): one
+    table for both directions."""
+    names = {"transformer.wte.weight": HF_EMBEDDING, "transformer.ln_f.weight": "model.norm.weight"}
+    if not config.tie_embeddings:
+        names["lm_head.weight"] = HF_HEAD
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}", f"model.layers.{i}"
+        names.update({f"{ours}.{norm}.weight": f"{theirs}.{name}.weight" for norm, name in norms.items()})
+        names.update({f"{ours}.attn.{qk}.weight": f"{theirs}.self_attn.{qk}.weight" for qk in ("q_norm", "k_norm")})
+        names.update({f"{ours}.attn.c_proj.{key}": f"{theirs}.self_attn.o_proj.{key}" for key in ("weight", "bias")})
+    return names
+
+
 def llama_state_to_hf(state: dict, config: GPTConfig, norms: dict = PRE_NORMS,
                       mlp: MlpMap = dense_mlp_to_hf) -> dict[str, torch.Tensor]:
     """Our tensors under Llama's names; `norms` names ln_1 / ln_2, `mlp` maps each layer's MLP."""
-    out = {HF_EMBEDDING: state["transformer.wte.weight"][: config.vocab_size],
-           "model.norm.weight": state["transformer.ln_f.weight"]}
-    if not config.tie_embeddings:
-        out[HF_HEAD] = state["lm_head.weight"][: config.vocab_size]
+    out = {theirs: state[ours] for ours, theirs in renamed(config, norms).items() if ours in state}
+    for key in (HF_EMBEDDING, HF_HEAD):
+        if key in out:
+            out[key] = out[key][: config.vocab_size]  # the file carries exactly the vocabulary
     for i in range(config.n_layer):
         ours, theirs = f"transformer.h.{i}", f"model.layers.{i}"
-        for norm, name in norms.items():
-            out[f"{theirs}.{name}.weight"] = state[f"{ours}.{norm}.weight"]
-        biased(state, f"{ours}.attn.c_attn", f"{theirs}.self_attn", out, ("q_proj", "k_proj", "v_proj"),
-               attention_split(config))
-        biased(state, f"{ours}.attn.c_proj", f"{theirs}.self_attn.o_proj", out)
-        for qk in ("q_norm", "k_norm"):
-            if f"{ours}.attn.{qk}.weight" in state:
-                out[f"{theirs}.self_attn.{qk}.weight"] = state[f"{ours}.attn.{qk}.weight"]
+        biased(state, f"{ours}.attn.c_attn", f"{theirs}.self_attn", out, QKV, attention_split(config))
         out.update(mlp(state, f"{ours}.mlp", f"{theirs}.mlp", config, i))
     return out
 
 
 def llama_state_from_hf(state: dict, config: GPTConfig, norms: dict = PRE_NORMS,
                         mlp: MlpMap = dense_mlp_from_hf) -> dict[str, torch.Tensor]:
-    out = {"transformer.wte.weight": state[HF_EMBEDDING], "transformer.ln_f.weight": state["model.norm.weight"]}
-    if not config.tie_embeddings:
-        out["lm_head.weight"] = state[HF_HEAD]
+    out = {ours: state[theirs] for ours, theirs in renamed(config, norms).items() if theirs in state}
     for i in range(config.n_layer):
         ours, theirs = f"transformer.h.{i}", f"model.layers.{i}"
-        for norm, name in norms.items():
-            out[f"{ours}.{norm}.weight"] = state[f"{theirs}.{name}.weight"]
-        joined(state, f"{theirs}.self_attn", f"{ours}.attn.c_attn", out, ("q_proj", "k_proj", "v_proj"))
-        joined(state, f"{theirs}.self_attn.o_proj", f"{ours}.attn.c_proj", out)
-        for qk in ("q_norm", "k_norm"):
-            if f"{theirs}.self_attn.{qk}.weight" in state:
-                out[f"{ours}.attn.{qk}.weight"] = state[f"{theirs}.self_attn.{qk}.weight"]
+        joined(state, f"{theirs}.self_attn", f"{ours}.attn.c_attn", out, QKV)
         out.update(mlp(state, f"{theirs}.mlp", f"{ours}.mlp", config, i))
     return out
 

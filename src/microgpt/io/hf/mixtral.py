@@ -67,14 +67,12 @@ def moe_settings(hf: dict, n_experts: int) -> dict:
 
 
 def experts_to_hf(state: dict, ours: str, theirs: str, names: tuple[str, str, str] = EXPERT_NAMES) -> dict:
-    """Our router and 3-D expert tensors as the router and one gate / up / down matrix per expert."""
-    fc, proj = state[f"{ours}.expert_fc"], state[f"{ours}.expert_proj"]
-    gate, up = fc.chunk(2, dim=1)
-    out = {f"{theirs}.gate.weight": state[f"{ours}.router.weight"]}
-    for e in range(fc.size(0)):
-        for name, tensor in zip(names, (gate[e], up[e], proj[e])):
-            out[f"{theirs}.experts.{e}.{name}.weight"] = tensor
-    return out
+    """Our router and 3-D expert tensors (transformers 5's fused ones) as the router and one gate /
+    up / down matrix per expert."""
+    fused = {f"{theirs}.gate.weight": state[f"{ours}.router.weight"],
+             f"{theirs}.experts.gate_up_proj": state[f"{ours}.expert_fc"],
+             f"{theirs}.experts.down_proj": state[f"{ours}.expert_proj"]}
+    return per_expert_names(fused, names)
 
 
 def experts_from_hf(state: dict, theirs: str, ours: str, n_experts: int,
