@@ -1,8 +1,7 @@
 """Run every benchmark and print one combined table; also write it to bench/results.md.
 
-    python bench/run_all.py                      # what `make bench` runs (~15 min on a quiet 2-core CPU)
+    python bench/run_all.py                      # what `make bench` runs (~30 min on a quiet 2-core CPU)
     python bench/run_all.py --only overhead data  # a subset (results.md names the command)
-    python bench/run_all.py --full               # time to quality over the full 2000 iterations (slower)
 
 Each script prints its own detailed table as it goes; the summary rows it returns are collected
 here. Ratios are always measured side by side in the same run (variants interleaved, medians of
@@ -26,7 +25,7 @@ from common import BENCH_DIR, Row, load_average, machine, markdown_table, today 
 # (name, module, arguments for the default run): each kept to a few minutes.
 SUITE = [
     ("overhead", "bench_overhead", []),
-    ("time to quality", "bench_time_to_quality", ["--quick"]),
+    ("speedrun", "bench_speedrun", ["--reps", "2"]),
     ("mfu", "bench_mfu", []),
     ("throughput callback", "bench_throughput", []),
     ("memory", "bench_memory", []),
@@ -43,7 +42,6 @@ SUITE = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=[name for name, _, _ in SUITE], help="run only these")
-    parser.add_argument("--full", action="store_true", help="time to quality: the full 2000 iterations")
     parser.add_argument("--out", default=str(BENCH_DIR / "results.md"))
     args = parser.parse_args()
 
@@ -62,8 +60,6 @@ def main() -> None:
     for name, module, argv in SUITE:
         if args.only and name not in args.only:
             continue
-        if name == "time to quality" and args.full:
-            argv = []
         print(f"\n===== {name}: python bench/{module}.py {' '.join(argv)}", flush=True)
         start = time.perf_counter()
         try:

@@ -1,6 +1,7 @@
 """`python -m microgpt.generate ckpt=... prompt="..."`: stream a continuation to stdout
 (`prompts=[...]`: several prompts sampled as one batch; `prompt_file=notes.txt` or `prompt=-`
-(standard input): a prompt of any length, exactly as written). ckpt may also be `gpt2` ... `gpt2-xl`."""
+(standard input): a prompt of any length, exactly as written). ckpt may also be `gpt2` ... `gpt2-xl`.
+`dtype=bfloat16` (or float16) halves the bytes each token reads; `compile=true` compiles the decode step."""
 
 import sys
 from pathlib import Path
@@ -41,15 +42,18 @@ def sample_options(options, i: int):
 @hydra_command("generate")
 def main(cfg: DictConfig) -> None:
     from microgpt.core.sampling import SamplingOptions
-    from microgpt.io.loading import check_device, load_model
+    from microgpt.io.loading import check_device, check_dtype, load_model
 
     options = SamplingOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                               top_p=cfg.top_p, seed=cfg.seed, stop_at_eot=cfg.stop_at_eot)
     if isinstance(cfg.num_samples, bool) or not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
         raise ConfigError(f"num_samples must be an integer >= 1, got {cfg.num_samples!r}")
     check_device(cfg.device)
+    dtype = check_dtype(cfg.dtype)
     prompt = read_prompt(cfg)
-    lm = load_model(cfg.ckpt, device=cfg.device)
+    lm = load_model(cfg.ckpt, device=cfg.device, dtype=dtype)
+    if cfg.compile:
+        lm.model.compile_decode_step()
     if cfg.get("prompts"):  # one batch, printed when done
         prompts = [str(p) for p in cfg.prompts]
         for i in range(cfg.num_samples):

@@ -18,14 +18,27 @@ LATENT_NORM_EPS = 1e-6  # DeepSeek's latent norms use their default eps, whateve
 
 
 class KVCache:
-    """Keys and values of one layer for incremental decoding, preallocated to the context window."""
+    """Keys and values of one layer for incremental decoding, preallocated once per generation (to
+    what it can reach, GPT.new_caches) and written in place: never grown or reallocated.
+
+    `offset` an int: a chunk (a prompt's prefill) written from that column; its filled prefix is
+    returned. `offset` a 1-element tensor: one decode step's column; the whole buffer is returned
+    and the caller masks the columns past it, so every step has the same shapes (torch.compile)."""
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype) -> None:
         shape = (batch, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def capacity(self) -> int:
+        return self.k.size(2)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, offset: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(offset, torch.Tensor):
+            self.k.index_copy_(2, offset, k)
+            self.v.index_copy_(2, offset, v)
+            return self.k, self.v
         end = offset + k.size(2)
         self.k[:, :, offset:end] = k
         self.v[:, :, offset:end] = v
@@ -33,13 +46,23 @@ class KVCache:
 
 
 class LatentCache:
-    """Latent attention's cache: per token the normalised KV latent and the rotated shared key."""
+    """Latent attention's cache: per token the normalised KV latent and the rotated shared key;
+    preallocated and written in place as KVCache is (the same two kinds of `offset`)."""
 
     def __init__(self, batch: int, max_len: int, latent: int, rope: int, device, dtype) -> None:
         self.latent = torch.zeros(batch, max_len, latent, device=device, dtype=dtype)
         self.k_rope = torch.zeros(batch, 1, max_len, rope, device=device, dtype=dtype)
 
-    def update(self, latent: torch.Tensor, k_rope: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def capacity(self) -> int:
+        return self.latent.size(1)
+
+    def update(self, latent: torch.Tensor, k_rope: torch.Tensor,
+               offset: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(offset, torch.Tensor):
+            self.latent.index_copy_(1, offset, latent)
+            self.k_rope.index_copy_(2, offset, k_rope)
+            return self.latent, self.k_rope
         end = offset + latent.size(1)
         self.latent[:, offset:end] = latent
         self.k_rope[:, :, offset:end] = k_rope
@@ -88,7 +111,7 @@ class CausalSelfAttention(nn.Module):
     def new_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
         return KVCache(batch, self.n_kv_head, max_len, self.head_dim, device, dtype)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, offset: int = 0,
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, offset: int | torch.Tensor = 0,
                 positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.split, dim=2)
@@ -142,7 +165,7 @@ class LatentAttention(nn.Module):
             return self.q_proj(x)
         return self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
 
-    def forward(self, x: torch.Tensor, cache: LatentCache | None = None, offset: int = 0,
+    def forward(self, x: torch.Tensor, cache: LatentCache | None = None, offset: int | torch.Tensor = 0,
                 positions: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H = self.n_head

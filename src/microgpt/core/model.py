@@ -73,6 +73,7 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
+        self._compiled_decode_step = None  # compile_decode_step() sets it
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -102,12 +103,14 @@ class GPT(nn.Module):
         caches: list[KVCache] | None = None,
         offset: int = 0,
         pad: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits over the padded vocabulary for (B, T) ids; loss too when targets are given.
 
         `caches` (one KVCache per layer) and `offset` (position of idx[:, 0]) serve incremental
         decoding; training passes neither. `pad` (B,) says how many leading tokens of each row's
-        sequence are left padding (prompts of different lengths in one batch).
+        sequence are left padding (prompts of different lengths in one batch). `last_only`: the
+        logits of the last position only, (B, 1, V): all that generation reads.
         """
         T = idx.size(1)
         if offset + T > self.config.block_size:
@@ -121,6 +124,8 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, caches[i] if caches is not None else None, offset, **padding)
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -148,6 +153,35 @@ class GPT(nn.Module):
 
         return moe_loss(self)
 
+    def decode_step(self, token: torch.Tensor, caches: list, index: torch.Tensor,
+                    pad: torch.Tensor) -> torch.Tensor:
+        """One new token per row through the model: the logits (B, V) of the token after it.
+
+        Every step has the same shapes, so `torch.compile` compiles it once per generation:
+        `token` (B, 1) is written into the preallocated caches at column `index` (a 1-element
+        tensor; the columns before it are cached), and attention runs over the whole cache masked
+        to each row's own columns, `pad[b]` (B,) up to `index` (the columns before pad[b] belong
+        to other rows' longer windows or prompts)."""
+        positions = index - pad[:, None]  # (B, 1), counted from each row's first token
+        columns = torch.arange(caches[0].capacity, device=token.device)
+        mask = ((columns <= index) & (columns >= pad[:, None]))[:, None, None]  # (B, 1, 1, S)
+        x = self.transformer.wte(token)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(positions)
+        x = self.transformer.drop(x)
+        for block, cache in zip(self.transformer.h, caches):
+            x = block(x, cache, index, positions=positions, attn_mask=mask)
+        return self.lm_head(self.transformer.ln_f(x[:, -1]))
+
+    def compile_decode_step(self, **options) -> GPT:
+        """Generate through a `torch.compile`d `decode_step` from now on (`options` go to
+        torch.compile); prompts are still prefilled eagerly. Compiled on first use, again for a
+        new batch size or cache length (then with dynamic shapes)."""
+        # The unbound function, called with the model: a deep copy of this model shares it, and
+        # dynamo's guards on the module recompile it for the copy rather than run the original.
+        self._compiled_decode_step = torch.compile(type(self).decode_step, **options)
+        return self
+
     @torch.no_grad()
     def generate_stream(
         self,
@@ -164,7 +198,11 @@ class GPT(nn.Module):
         """Yield the next token ids, shape (B,), one step at a time.
 
         One KV cache (per layer, sized to the longest window this generation reaches) serves the
-        whole generation. Each row sees a window of its latest tokens that grows until it fills the
+        whole generation: the prompt is prefilled in one forward, then each new token takes one
+        `decode_step` (compiled after `compile_decode_step()`); both compute the last position's
+        logits only, and the token buffer and the caches are allocated once, up front.
+
+        Each row sees a window of its latest tokens that grows until it fills the
         context; when it would overflow, it restarts from the row's latest `block_size // 2` tokens and grows again
         (the kept tokens are prefilled again once, into the same cache: their keys and values
         depended on the tokens left behind, and carry their old positions). So within the window
@@ -175,37 +213,45 @@ class GPT(nn.Module):
         tokens: every row then decodes as it would alone, its window restarts included.
         """
         check_sampling(temperature, top_k, top_p)
+        batch, prompt_len = idx.shape
         block = self.config.block_size
         keep = max(1, block // 2)  # the tokens a full window restarts from
-        tokens = idx
         # Where each row's window starts, as an index into its row of `tokens` (padding included).
-        starts = [p + max(0, idx.size(1) - p - block) for p in (pad.tolist() if pad is not None else [0] * idx.size(0))]
+        starts = [p + max(0, prompt_len - p - block) for p in (pad.tolist() if pad is not None else [0] * batch)]
+        tokens = idx.new_empty(batch, prompt_len + max_new_tokens)  # the sequence, written in place
+        tokens[:, :prompt_len] = idx
         # Sized to what this generation can hold, not the whole context: a long-context model
         # (Llama 3's 131072 tokens) would otherwise allocate gigabytes for a short reply.
-        caches = self.new_caches(idx.size(0), idx.size(1) - min(starts) + max_new_tokens) if use_cache else None
+        caches = self.new_caches(batch, prompt_len - min(starts) + max_new_tokens) if use_cache else None
+        step = self._compiled_decode_step or type(self).decode_step
+        index = torch.zeros(1, dtype=torch.long, device=idx.device)  # the cache column of the next token
         cached_len = 0  # how many leading tokens of the window the caches hold
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            length = tokens.size(1)
+        done = torch.zeros(batch, dtype=torch.bool, device=idx.device)
+        for length in range(prompt_len, prompt_len + max_new_tokens):
             restarted = [length - keep if length - start > block else start for start in starts]
             if restarted != starts:
                 starts, cached_len = restarted, 0
-            first = min(starts)
-            window = tokens[:, first:]
-            window_pad = None  # the tokens before a row's own window start are padding to it
-            if any(start > first for start in starts):
-                window_pad = torch.tensor([start - first for start in starts], device=idx.device)
-            if caches is not None:
-                logits, _ = self(window[:, cached_len:], caches=caches, offset=cached_len, pad=window_pad)
-                cached_len = window.size(1)
+            if cached_len == 0:  # a (re)started window: where each row's own tokens begin in it
+                first = min(starts)
+                window_pad = None  # the tokens before a row's own window start are padding to it
+                if any(start > first for start in starts):
+                    window_pad = torch.tensor([start - first for start in starts], device=idx.device)
+                step_pad = window_pad if window_pad is not None else torch.zeros_like(done, dtype=torch.long)
+            window = tokens[:, first:length]
+            if caches is None:
+                logits = self(window, pad=window_pad, last_only=True)[0][:, -1]
+            elif cached_len:
+                index.fill_(cached_len)
+                logits = step(self, window[:, -1:], caches, index, step_pad)
+                cached_len += 1
             else:
-                logits, _ = self(window, pad=window_pad)
-            logits = logits[:, -1, : self.vocab_limit]
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)
+                logits = self(window, caches=caches, pad=window_pad, last_only=True)[0][:, -1]
+                cached_len = window.size(1)
+            next_token = sample_next(logits[:, : self.vocab_limit], temperature, top_k, top_p, generator)
             if eot is not None:
                 next_token = torch.where(done, torch.full_like(next_token, eot), next_token)
                 done |= next_token == eot
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            tokens[:, length] = next_token
             yield next_token
             if eot is not None and bool(done.all()):
                 return

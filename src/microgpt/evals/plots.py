@@ -19,6 +19,7 @@ HELLASWAG_REFERENCES = [
     (0.337, "GPT-3 124M (Brown et al. 2020)"),
 ]
 HELLASWAG_CHANCE = 0.25
+PROCESS_SECONDS = "time/process_s"  # the throughput callback's wall clock since the process started
 LOGGED_AT_GLOBAL_STEP = ("hellaswag/",)  # metrics whose `step` is the optimizer steps done (see read_metrics)
 
 
@@ -29,6 +30,20 @@ class RunMetrics:
     name: str
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     x_is_tokens: bool = True
+    x_is_seconds: bool = False
+
+
+def on_wall_clock(run: RunMetrics) -> RunMetrics:
+    """The same run with every metric against the wall seconds since its process started, where the
+    run logged them (`time/process_s`, in the rows of its logging points and evaluations); points
+    logged at positions without a clock reading are left out."""
+    clock = dict(run.series.get(PROCESS_SECONDS, []))
+    if not clock:
+        raise DataError(f"{run.name}: no {PROCESS_SECONDS} in its {METRICS_FILE} (it is logged by "
+                        f"callbacks.throughput); plot it against tokens (--x tokens)")
+    series = {key: [(clock[x], v) for x, v in points if x in clock]
+              for key, points in run.series.items() if key != PROCESS_SECONDS}
+    return RunMetrics(name=run.name, series=series, x_is_tokens=False, x_is_seconds=True)
 
 
 def read_metrics(run_dir: Path, name: str | None = None) -> RunMetrics:
@@ -130,7 +145,9 @@ def smooth(values: list[float]) -> list[float]:
 def _tokens_axis(ax, runs: list[RunMetrics]) -> None:
     from matplotlib.ticker import EngFormatter
 
-    if all(r.x_is_tokens for r in runs):
+    if all(r.x_is_seconds for r in runs):
+        ax.set_xlabel("wall seconds since the process started (start-up included)")
+    elif all(r.x_is_tokens for r in runs):
         ax.set_xlabel("tokens seen")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     else:
@@ -202,7 +219,7 @@ def plot_runs(runs: list[RunMetrics], title: str, out: Path) -> Path:
         plot_hellaswag(axes[0][1], runs)
     fig.suptitle(title)
     fig.tight_layout()
-    path = out / "loss_and_eval.png"
+    path = out / ("loss_vs_seconds.png" if all(r.x_is_seconds for r in runs) else "loss_and_eval.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -267,8 +284,11 @@ def plot_soup_report(report_path: Path, out: Path) -> Path | None:
     return path
 
 
-def plot_directory(directory: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Write the figures for a run or sweep directory; returns the PNG paths."""
+def plot_directory(directory: str | Path, out: str | Path | None = None, x: str = "tokens") -> list[Path]:
+    """Write the figures for a run or sweep directory; returns the PNG paths. `x`: tokens (seen) or
+    seconds (of wall clock since each run's process started)."""
+    if x not in ("tokens", "seconds"):
+        raise DataError(f"--x must be tokens or seconds, got {x!r}")
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory} is not a directory; pass a run directory (outputs/<date>/<time>) "
@@ -278,6 +298,8 @@ def plot_directory(directory: str | Path, out: str | Path | None = None) -> list
         raise DataError(f"no {METRICS_FILE} in {directory} or its subdirectories; pass a run directory "
                         f"written with logger=csv (the default), or a sweep directory whose jobs are runs")
     runs = [read_metrics(run_dir, label) for run_dir, label in found]
+    if x == "seconds":
+        runs = [on_wall_clock(run) for run in runs]
     if not any(r.series.get("train/loss") or r.series.get("val/loss") for r in runs):
         raise DataError(f"{directory}: {METRICS_FILE} holds no train/loss or val/loss yet; plot once the run has "
                         f"logged some steps (trainer.log_every_n_steps)")

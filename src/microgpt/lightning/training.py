@@ -66,7 +66,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_lightning_logs()
     with run_end_logged():
         for name in ("max_steps", "eval_every", "eval_batches", "checkpoint_every"):
-            require_positive_int(name, cfg[name])
+            if not (name == "eval_batches" and cfg[name] is None):  # null: the whole validation split
+                require_positive_int(name, cfg[name])
         check_data_paths(cfg)
         for settings in [] if cfg.get("dry_run") else wandb_settings_of(cfg.get("logger")):
             check_wandb_login(bool(settings.get("offline")))  # before the data is read
@@ -130,10 +131,15 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def validation_windows(cfg: DictConfig) -> int | None:
+    """How many validation windows an evaluation reads; None: all of them (eval_batches=null)."""
+    return None if cfg.eval_batches is None else cfg.eval_batches * cfg.data.batch_size
+
+
 def _train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed,
-                                  val_windows=cfg.eval_batches * cfg.data.batch_size)
+                                  val_windows=validation_windows(cfg))
     tokenizer = datamodule.load()
     # The plan needs only the config: a dry run of Mixtral 8x7B must not allocate its 187 GB.
     plan = make_plan(cfg, GPTConfig.from_dict(model_settings(cfg, tokenizer)))

@@ -13,13 +13,16 @@ every rank sees the same norm and takes the same decision.
 
 Fused AdamW (our default wherever it runs) skips an update on the device itself when given a
 `found_inf` flag, the mechanism GradScaler uses, so on a GPU the check needs no host sync: the
-flag is read one step later. On CPU, or with an optimizer that cannot skip by itself, it is read
-at once.
+flag is copied to pinned host memory without blocking and read at the next step, waiting only for
+that copy (`bool()` of the device tensor would wait for every kernel queued behind it, the next
+step's forward and backward too); every rank reads it at the same step. On CPU, or with an
+optimizer that cannot skip by itself, it is read at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from pathlib import Path
 
 import lightning as L
@@ -37,7 +40,7 @@ class NanGuard(L.Callback):
     def __init__(self, action: str = "stop") -> None:
         self.action = action  # checked in setup(): Hydra would wrap an error raised here in its own
         self.skipped_steps: list[int] = []
-        self._pending: tuple[int, torch.Tensor] | None = None  # (step, finite flag) not read yet
+        self._pending: deque[tuple[int, torch.Tensor, torch.cuda.Event | None]] = deque()  # flags not read yet
         self._enabled = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -56,13 +59,13 @@ class NanGuard(L.Callback):
     def on_gradient_norm(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer, norm: torch.Tensor) -> None:
         if not self._enabled:
             return
-        self._read_pending(trainer)  # the previous step's flag: computed long ago, so no stall
+        self._read_pending(trainer)  # the previous step's flag
         bad = ~torch.isfinite(norm)
         step = trainer.global_step + 1  # the step being taken, numbered like stepNNNNNN.ckpt
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's torch optimizer
         if getattr(optimizer, "_step_supports_amp_scaling", False):  # fused: skips on the device
             optimizer.found_inf = bad.float()
-            self._pending = (step, bad)
+            self._pending.append((step, *on_host_later(bad)))
             if pl_module.device.type == "cpu":  # reading it now costs nothing
                 self._read_pending(trainer)
         elif bool(bad):
@@ -73,17 +76,17 @@ class NanGuard(L.Callback):
             self._skipped(step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._read_pending(trainer)  # the last step's flag
+        self._read_pending(trainer)  # the last steps' flags
 
     def _read_pending(self, trainer: L.Trainer) -> None:
-        if self._pending is None:
-            return
-        step, bad = self._pending
-        self._pending = None
-        if bool(bad):  # its update was already skipped on the device
-            if self.action == "stop":
-                self._stop(trainer, step)
-            self._skipped(step)
+        while self._pending:
+            step, bad, copied = self._pending.popleft()
+            if copied is not None:
+                copied.synchronize()  # waits for the copy alone, not for the work queued after it
+            if bool(bad):  # its update was already skipped on the device
+                if self.action == "stop":
+                    self._stop(trainer, step)
+                self._skipped(step)
 
     def _skipped(self, step: int) -> None:
         self.skipped_steps.append(step)
@@ -96,6 +99,18 @@ class NanGuard(L.Callback):
             f"{last_checkpoint(trainer)}; lower optim.lr, keep gradient clipping on "
             f"(trainer.gradient_clip_val=1.0), or skip such batches with callbacks.nan_guard.action=skip"
         )
+
+
+def on_host_later(flag: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """(a host copy of a CUDA flag, queued without blocking, and the event that marks it landed),
+    or (the flag, None) for a flag already in host memory."""
+    if flag.device.type != "cuda":
+        return flag, None
+    host = torch.empty(flag.shape, dtype=flag.dtype, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    landed = torch.cuda.Event()
+    landed.record()
+    return host, landed
 
 
 def last_checkpoint(trainer: L.Trainer) -> str:

@@ -14,6 +14,9 @@ What the subclass changes, and why:
   such as checkpointing; and logs validation rates with the validation batch index as the step.)
 - The run's own metric names: `train/tokens_per_sec` and `train/samples_per_sec` of all ranks,
   `train/mfu` per device, and `train/tokens` since step 0 (a resumed run counts on).
+- `time/process_s`, the wall seconds since the process started (start-up included), at every
+  logging point and evaluation: what a time-to-quality curve is drawn against
+  (`python -m microgpt.plot <run> --x seconds`).
 - FLOPs from the closed form per token (`microgpt.core.flops.flops_per_token`) times the rate,
   where Lightning reads a `flops_per_batch` attribute of the module.
 """
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from operator import attrgetter
+from pathlib import Path
 from unittest import mock
 
 import lightning as L
@@ -40,6 +45,7 @@ from microgpt.core.errors import ConfigError
 from microgpt.core.flops import flops_per_token, measure_matmul_flops
 
 log = logging.getLogger(__name__)
+_IMPORTED_AT = time.time()
 
 TRAINING = RunningStage.TRAINING
 
@@ -109,6 +115,17 @@ class Interval:
         self.tokens += rows * (cols - 1)
 
 
+def process_start_time() -> float:
+    """When this process started (seconds since the epoch): from /proc on Linux, else when this
+    module was imported (which misses the interpreter's and torch's start-up)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_after_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5)
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started_after_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED_AT
+
+
 class Throughput(ThroughputMonitor):
     """Logs train/tokens, and after the first interval (start-up costs) train/tokens_per_sec,
     train/samples_per_sec and train/mfu, every `every_n_steps` optimizer steps."""
@@ -123,6 +140,7 @@ class Throughput(ThroughputMonitor):
         self._interval = Interval()
         self._last_step = 0
         self._paused_at: float | None = None  # the clock stands still from here to the next training batch
+        self._process_start = process_start_time()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != TrainerFn.FITTING:
@@ -168,6 +186,7 @@ class Throughput(ThroughputMonitor):
         world = trainer.world_size
         tokens_per_step = rows * (cols - 1) * trainer.accumulate_grad_batches * world
         pl_module.log("train/tokens", float(trainer.global_step * tokens_per_step), rank_zero_only=True)
+        self._log_process_seconds(pl_module)
         metrics = self._throughputs[TRAINING].compute()
         tokens_per_sec = metrics.get("device/items_per_sec")  # one rank's; absent until two updates
         if tokens_per_sec is None:
@@ -183,6 +202,13 @@ class Throughput(ThroughputMonitor):
     def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and self._paused_at is None:
             self._paused_at = self._clock(trainer)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._log_process_seconds(pl_module)  # in the row of this evaluation's val/loss
+
+    def _log_process_seconds(self, pl_module: L.LightningModule) -> None:
+        pl_module.log("time/process_s", time.time() - self._process_start, rank_zero_only=True)
 
     def _not_timed(self, *args, **kwargs) -> None:
         """Evaluation loops: stopping the training clock (above) is all this callback does there."""
