@@ -53,6 +53,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def window_padding(starts: list[int], device) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+    """(the window's first column, each row's padding in it or None when no row has any, the same counts as a tensor
+    for `decode_step`): the tokens before a row's own window start are padding to it."""
+    first = min(starts)
+    counts = torch.tensor([start - first for start in starts], device=device)
+    return first, (counts if any(start > first for start in starts) else None), counts
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -183,33 +191,21 @@ class GPT(nn.Module):
         return self
 
     @torch.no_grad()
-    def generate_stream(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eot: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        pad: torch.Tensor | None = None,
-    ) -> Iterator[torch.Tensor]:
+    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                        top_p: float | None = None, eot: int | None = None, generator: torch.Generator | None = None,
+                        use_cache: bool = True, pad: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Yield the next token ids, shape (B,), one step at a time.
 
-        One KV cache (per layer, sized to the longest window this generation reaches) serves the
-        whole generation: the prompt is prefilled in one forward, then each new token takes one
-        `decode_step` (compiled after `compile_decode_step()`); both compute the last position's
-        logits only, and the token buffer and the caches are allocated once, up front.
-
-        Each row sees a window of its latest tokens that grows until it fills the
+        One KV cache (per layer, sized to the longest window this generation reaches) serves the whole generation:
+        the prompt is prefilled in one forward, then each new token takes one `decode_step` (compiled after
+        `compile_decode_step()`); both compute the last position's logits only, and the token buffer and the caches
+        are allocated once, up front. Each row sees a window of its latest tokens that grows until it fills the
         context; when it would overflow, it restarts from the row's latest `block_size // 2` tokens and grows again
-        (the kept tokens are prefilled again once, into the same cache: their keys and values
-        depended on the tokens left behind, and carry their old positions). So within the window
-        every token sees the whole sequence; past it, each sees between half a window and a whole
-        one. Uncached decoding recomputes the same windows and gives the same tokens. Stops early
-        once every row has produced `eot` (rows that finished keep emitting `eot`). Prompts of
-        different lengths are left-padded to one width with `pad` (B,) counting each row's padding
+        (the kept tokens are prefilled again once, into the same cache: their keys and values depended on the tokens
+        left behind, and carry their old positions). So within the window every token sees the whole sequence; past
+        it, each sees between half a window and a whole one. Uncached decoding recomputes the same windows and gives
+        the same tokens. Stops early once every row has produced `eot` (rows that finished keep emitting `eot`).
+        Prompts of different lengths are left-padded to one width with `pad` (B,) counting each row's padding
         tokens: every row then decodes as it would alone, its window restarts included.
         """
         check_sampling(temperature, top_k, top_p)
@@ -232,11 +228,7 @@ class GPT(nn.Module):
             if restarted != starts:
                 starts, cached_len = restarted, 0
             if cached_len == 0:  # a (re)started window: where each row's own tokens begin in it
-                first = min(starts)
-                window_pad = None  # the tokens before a row's own window start are padding to it
-                if any(start > first for start in starts):
-                    window_pad = torch.tensor([start - first for start in starts], device=idx.device)
-                step_pad = window_pad if window_pad is not None else torch.zeros_like(done, dtype=torch.long)
+                first, window_pad, step_pad = window_padding(starts, idx.device)
             window = tokens[:, first:length]
             if caches is None:
                 logits = self(window, pad=window_pad, last_only=True)[0][:, -1]
