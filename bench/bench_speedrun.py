@@ -141,24 +141,21 @@ def nanogpt_validation_text(directory: Path) -> str:
 
 def loss_on_text(checkpoint: Path, text: str, context: int = 64, batch: int = 64) -> float:
     """Mean cross-entropy over every character of `text` but the first, each predicted once from
-    up to `context - 1` characters before it (windows of `context` inputs, stride `context`)."""
+    up to `context - 1` characters before it (windows of `context + 1` tokens, stride `context`),
+    scored by the project's own `held_out_loss`."""
     import torch
 
+    from microgpt.evals.perplexity import held_out_loss
     from microgpt.io.loading import load_model
 
     lm = load_model(checkpoint)
-    model, ids = lm.model.eval(), torch.tensor(lm.tokenizer.encode(text), dtype=torch.long)
+    ids = torch.tensor(lm.tokenizer.encode(text), dtype=torch.long)
     full = (len(ids) - 1) // context
-    inputs, targets = ids[: full * context].view(full, context), ids[1 : full * context + 1].view(full, context)
-    pieces = [(inputs[i : i + batch], targets[i : i + batch]) for i in range(0, full, batch)]
+    windows = ids[: full * context + 1].unfold(0, context + 1, context)  # (full, context + 1), overlapping by one
+    batches = list(windows.split(batch))
     if len(ids) - 1 > full * context:  # the short last window
-        pieces.append((ids[full * context : -1][None], ids[full * context + 1 :][None]))
-    total = 0.0
-    with torch.inference_mode():
-        for x, y in pieces:
-            _, loss = model(x, y)
-            total += loss.item() * y.numel()
-    return total / (len(ids) - 1)
+        batches.append(ids[full * context :][None])
+    return held_out_loss(lm.model, batches).loss
 
 
 def write_curve(run: Run, directory: Path) -> None:
