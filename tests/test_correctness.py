@@ -71,7 +71,7 @@ def test_a_training_runs_val_loss_is_the_loss_over_the_real_vocabulary(tmp_path)
     over the real vocabulary of the final weights on the same validation windows."""
     from microgpt.io.loading import load_model
     from microgpt.lightning.builders import build_datamodule
-    from microgpt.lightning.training import train, training_tokenizer
+    from microgpt.lightning.training import train, training_tokenizer, validation_windows
 
     cfg = compose_train(*TINY, "max_steps=20", "eval_every=10", "checkpoint_every=10", "optim.lr=1e-2",
                         "callbacks.text_samples=null", output_dir=tmp_path / "run")
@@ -80,7 +80,7 @@ def test_a_training_runs_val_loss_is_the_loss_over_the_real_vocabulary(tmp_path)
     config = model.config
     assert config.padded_vocab_size > config.vocab_size  # the char vocabulary is padded
     datamodule = build_datamodule(cfg.data, training_tokenizer(cfg), cfg.seed,
-                                  val_windows=cfg.eval_batches * cfg.data.batch_size)
+                                  val_windows=validation_windows(cfg))
     datamodule.load()
     total = tokens = 0
     with torch.no_grad():
