@@ -35,7 +35,8 @@ def test_the_preset_is_nanogpts_task_with_the_levers_it_names():
         assert cfg.model[key] == base.model[key]
     assert cfg.tokenizer.kind == base.tokenizer.kind == "char" and cfg.data.val_fraction == base.data.val_fraction
     assert cfg.optim._target_.endswith("MuonAdamW") and cfg.schedule._target_.endswith("WarmupStableDecay")
-    assert (cfg.model.mlp, cfg.model.norm, cfg.model.qk_norm, cfg.model.tie_embeddings) == ("relu2", "rmsnorm", "head", False)
+    assert (cfg.model.mlp, cfg.model.norm, cfg.model.qk_norm, cfg.model.tie_embeddings) == ("gelu_tanh", "rmsnorm", "head", True)
+    assert cfg.eval_every == cfg.checkpoint_every == cfg.max_steps  # one evaluation and one checkpoint, at the end
     assert cfg.eval_batches is None and cfg.callbacks.text_samples is None
 
 
