@@ -33,6 +33,7 @@ SUITE = [
     ("bpe", "bench_bpe", ["--reps", "3", "--python-chars", "20000"]),
     ("generate", "bench_generate", ["--reps", "3"]),
     ("hellaswag", "bench_hellaswag", ["--reps", "3"]),
+    ("lm_eval", "bench_lm_eval", ["--reps", "3", "--requests", "320"]),
     ("prepare", "bench_prepare", []),
     ("stream shards", "bench_stream_shards", []),
     ("architectures", "compare_architectures", ["--steps", "100"]),

@@ -19,6 +19,7 @@ from microgpt.io.loading import load_model
 log = logging.getLogger(__name__)
 
 TASKS = ("val_loss", "hellaswag")
+LM_EVAL = "lm_eval:"  # lm_eval:<task>: a task of the lm-evaluation-harness (pip install 'microgpt[eval]')
 
 
 def load_for_eval(model: str, device: str = "cpu") -> LanguageModel:
@@ -29,11 +30,23 @@ def load_for_eval(model: str, device: str = "cpu") -> LanguageModel:
 
 def check_tasks(tasks) -> list[str]:
     tasks = [tasks] if isinstance(tasks, str) else list(tasks or [])
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASKS and not is_lm_eval(t)]
     if unknown or not tasks:
-        raise ConfigError(f"unknown or missing eval tasks {unknown or tasks}; choose from {list(TASKS)} "
-                          f"(tasks=[val_loss,hellaswag])")
+        raise ConfigError(f"unknown or missing eval tasks {unknown or tasks}; choose from {list(TASKS)} or "
+                          f"{LM_EVAL}<lm-eval task> (tasks=[val_loss,hellaswag,{LM_EVAL}arc_easy])")
     return tasks
+
+
+def is_lm_eval(task) -> bool:
+    return isinstance(task, str) and task.startswith(LM_EVAL) and len(task) > len(LM_EVAL)
+
+
+def lm_eval_task(lm: LanguageModel, task: str, options: DictConfig, name: str) -> dict[str, dict]:
+    """The metrics of an lm-eval task (of each task, for a group), keyed `lm_eval:<task>`."""
+    from microgpt.evals.lm_eval.runner import LmEvalOptions, run_lm_eval
+
+    metrics = run_lm_eval(lm, [task[len(LM_EVAL):]], LmEvalOptions(**to_plain(options)), name=name)
+    return {f"{LM_EVAL}{t}": m for t, m in metrics.items()}
 
 
 def val_loss_task(lm: LanguageModel, data: DictConfig, seed: int, max_batches: int | None) -> dict:
@@ -66,13 +79,15 @@ def run_tasks(cfg: DictConfig) -> tuple[dict[str, dict], dict[str, MicroGPTError
         try:
             if task == "val_loss":
                 results[task] = val_loss_task(lm, cfg.data, cfg.seed, cfg.val_batches)
-            else:
+            elif task == "hellaswag":
                 results[task] = hellaswag_task(lm, cfg.hellaswag)
+            else:
+                results.update(lm_eval_task(lm, task, cfg.lm_eval, str(cfg.ckpt)))
         except (ConfigError, DataError, CheckpointError) as e:
             failures[task] = e
             log.warning("%s could not run: %s", task, " ".join(str(e).split()))
             continue
-        log.info("%s: %s", task, results[task])
+        log.info("%s: %s", task, results.get(task))
     return results, failures
 
 
