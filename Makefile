@@ -7,7 +7,7 @@ PYTHON ?= python
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,eval,lora]"
 
 test:
 	$(PYTHON) -m pytest -q

@@ -205,3 +205,11 @@ def perturbed(model, seed: int):
             else:
                 p.mul_(4)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> Path:
+    """The post-training tests' starting point: a tiny char model pretrained briefly (tests/posttrain.py)."""
+    from posttrain import pretrain_letters
+
+    return pretrain_letters(tmp_path_factory.mktemp("pretrain"), run_cli)

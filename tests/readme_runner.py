@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-COMMANDS = ("train", "generate", "eval", "soup", "export", "prepare", "train_tokenizer", "plot")
+COMMANDS = ("train", "generate", "eval", "soup", "export", "prepare", "train_tokenizer", "plot", "chat")
 # Imported by the server before it forks: everything the commands import, at module level or inside
 # their functions. Lazily imported modules that are not here are imported by each child (correct, slower).
 # Not wandb: importing it makes one `wandb-media` temporary directory that the first child's exit deletes

@@ -65,5 +65,5 @@ def test_no_module_over_400_lines_and_no_function_over_60():
 
 def test_top_level_holds_only_commands_the_api_and_the_shim():
     top = sorted(p.stem for p in SRC.glob("*.py"))
-    assert top == sorted(["__init__", "eval", "export", "generate", "model", "plot", "prepare", "soup", "train",
-                          "train_tokenizer"])
+    assert top == sorted(["__init__", "chat", "eval", "export", "generate", "lm_eval_cli", "model", "plot", "prepare",
+                          "soup", "train", "train_tokenizer"])

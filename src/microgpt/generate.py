@@ -1,6 +1,7 @@
 """`python -m microgpt.generate ckpt=... prompt="..."`: stream a continuation to stdout
 (`prompts=[...]`: several prompts sampled as one batch; `prompt_file=notes.txt` or `prompt=-`
-(standard input): a prompt of any length, exactly as written). ckpt may also be `gpt2` ... `gpt2-xl`.
+(standard input): a prompt of any length, exactly as written; `messages=[{role:user,content:Hi}]`: a chat
+model's reply to a conversation). ckpt may also be `gpt2` ... `gpt2-xl`.
 `dtype=bfloat16` (or float16) halves the bytes each token reads; `compile=true` compiles the decode step."""
 
 import sys
@@ -34,6 +35,22 @@ def read_prompt(cfg: DictConfig) -> str:
     return str(prompt)
 
 
+def read_messages(cfg: DictConfig) -> list[dict] | None:
+    """The conversation of `messages=`, checked before the model loads; None without one."""
+    if cfg.get("messages") is None:
+        return None
+    if cfg.prompt or cfg.get("prompts") or cfg.get("prompt_file") is not None:
+        raise ConfigError("give either messages=[...] (a chat model's reply) or a prompt (prompt=, prompts=, "
+                          "prompt_file=), not both")
+    from omegaconf import OmegaConf
+
+    from microgpt.core.chat import check_messages
+
+    messages = cfg.messages
+    plain = OmegaConf.to_container(messages) if OmegaConf.is_config(messages) else messages
+    return check_messages(plain, "messages", need_assistant=False)
+
+
 def sample_options(options, i: int):
     """The i-th sample's settings: seed, seed + 1, ... (no seed: torch's global generator)."""
     return options if options.seed is None else options.replace(seed=options.seed + i)
@@ -50,6 +67,7 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError(f"num_samples must be an integer >= 1, got {cfg.num_samples!r}")
     check_device(cfg.device)
     dtype = check_dtype(cfg.dtype)
+    messages = read_messages(cfg)
     prompt = read_prompt(cfg)
     lm = load_model(cfg.ckpt, device=cfg.device, dtype=dtype)
     if cfg.compile:
@@ -63,8 +81,11 @@ def main(cfg: DictConfig) -> None:
     for i in range(cfg.num_samples):
         if i:
             sys.stdout.write("\n---\n")
-        sys.stdout.write(prompt)
-        for piece in lm.stream_text(prompt, options=sample_options(options, i)):
+        if messages is None:
+            sys.stdout.write(prompt)
+        sampled = sample_options(options, i)
+        pieces = lm.stream_text(prompt, options=sampled) if messages is None else lm.stream_chat(messages, options=sampled)
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

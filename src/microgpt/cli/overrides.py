@@ -14,7 +14,7 @@ from pathlib import Path
 # Settings that hold text people paste (prompts, documents, regexes): `key=<anything>` is taken
 # literally, commas, quotes, brackets, `=`, `${`, newlines and trailing spaces included. A sweep over
 # them is therefore not possible (`-m prompt=a,b` is the one prompt "a,b"; use `prompts=[a,b]`).
-FREE_TEXT_KEYS = ("prompt", "data.text", "tokenizer.pattern", "logger.wandb.notes")
+FREE_TEXT_KEYS = ("prompt", "system", "data.text", "tokenizer.pattern", "logger.wandb.notes")
 
 
 def _config_dir() -> str:

@@ -1,4 +1,4 @@
-"""A trained GPT paired with its tokenizer: text in, text out."""
+"""A trained GPT paired with its tokenizer: text in, text out; a conversation in, a reply out."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
+from microgpt.core.chat import ChatTokenizer, check_messages, render
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT
 from microgpt.core.sampling import SamplingOptions
@@ -34,9 +35,6 @@ class LanguageModel:
     def count_params(self, non_embedding: bool = False) -> int:
         return self.model.count_params(non_embedding)
 
-    def _prompt_ids(self, text: str) -> torch.Tensor:
-        return torch.tensor([self._encode(text)], dtype=torch.long, device=self.device)
-
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text) or [self.tokenizer.eot]
 
@@ -50,17 +48,20 @@ class LanguageModel:
         Settings: `options=SamplingOptions(...)` and/or its fields as keywords (temperature, top_k,
         top_p, seed, stop_at_eot); keywords win. Bad values raise ConfigError (a ValueError) here,
         before the first token."""
-        return self._stream(text, sampling_options(options, max_new_tokens, settings))
+        options = sampling_options(options, max_new_tokens, settings)
+        return self._stream(self._encode(text), options, stops=(self.tokenizer.eot,))
 
-    def _stream(self, text: str, options: SamplingOptions) -> Iterator[str]:
-        eot, stop = self.tokenizer.eot, options.stop_at_eot
+    def _stream(self, prompt: list[int], options: SamplingOptions, stops: tuple[int, ...]) -> Iterator[str]:
+        """The text of the tokens sampled after `prompt`, up to the first of `stops` (which is not
+        part of it) when `options.stop_at_eot`."""
+        stop = options.stop_at_eot
         emitted, new_ids = "", []
         for token in self.model.generate_stream(
-            self._prompt_ids(text), options.max_new_tokens, temperature=options.temperature,
-            top_k=options.top_k, top_p=options.top_p, eot=eot if stop else None,
-            generator=self._generator(options.seed),
+            torch.tensor([prompt], dtype=torch.long, device=self.device), options.max_new_tokens,
+            temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+            eot=stops[0] if stop else None, generator=self._generator(options.seed),
         ):
-            if stop and int(token[0]) == eot:
+            if stop and int(token[0]) in stops:
                 break
             new_ids.append(int(token[0]))
             # Decode the whole continuation so characters split across tokens come out whole.
@@ -101,6 +102,42 @@ class LanguageModel:
             results.append(text + self.tokenizer.decode(row))
         return results
 
+    @property
+    def chat_tokenizer(self) -> ChatTokenizer:
+        """The tokenizer, which must carry the chat template's tokens for `chat` / `stream_chat`."""
+        if not isinstance(self.tokenizer, ChatTokenizer):
+            raise ConfigError("this model has no chat tokens, so it cannot take messages; fine-tune it with "
+                              "stage=sft first (python -m microgpt.train stage=sft init_from=<its .ckpt>)")
+        return self.tokenizer
+
+    def chat_prompt(self, messages: list[dict], max_new_tokens: int = 0) -> list[int]:
+        """The ids a reply to `messages` continues: the chat template's rendering, ending with the
+        assistant's role token. A conversation that would leave less than `max_new_tokens` of the
+        context for the reply (and never less than half of it) loses its oldest turns after the
+        system prompt, so that the kept history starts with a user turn; the latest turn always stays."""
+        tokenizer = self.chat_tokenizer
+        turns = check_messages(messages, "messages", need_assistant=False)
+        block = self.model.config.block_size
+        room = max(block - max_new_tokens, block // 2)
+        return render(tokenizer, latest_turns(tokenizer, turns, room), generation_prompt=True).ids
+
+    def stream_chat(self, messages: list[dict], max_new_tokens: int | None = None, *,
+                    options: SamplingOptions | None = None, **settings) -> Iterator[str]:
+        """The assistant's reply to `messages` ([{"role": "system" | "user" | "assistant",
+        "content": "..."}, ...]), piece by piece, up to its end-of-turn (not part of the reply;
+        stop_at_eot=False samples all max_new_tokens). Settings as for `stream_text`; the
+        conversation is fitted to the context as `chat_prompt` says."""
+        options = sampling_options(options, max_new_tokens, settings)
+        tokenizer = self.chat_tokenizer
+        # The base end-of-text ends a reply too: a model that has not learned to end its turns.
+        stops = (tokenizer.end_of_turn, tokenizer.eot)
+        return self._stream(self.chat_prompt(messages, options.max_new_tokens), options, stops)
+
+    def chat(self, messages: list[dict], max_new_tokens: int | None = None, *,
+             options: SamplingOptions | None = None, **settings) -> str:
+        """The assistant's whole reply to `messages` (see `stream_chat`)."""
+        return "".join(self.stream_chat(messages, max_new_tokens, options=options, **settings))
+
 
 def sampling_options(options: SamplingOptions | None, max_new_tokens: int | None, settings: dict) -> SamplingOptions:
     """`options` (default: SamplingOptions()) with the keyword settings applied, checked."""
@@ -111,3 +148,17 @@ def sampling_options(options: SamplingOptions | None, max_new_tokens: int | None
         settings = {**settings, "max_new_tokens": max_new_tokens}
     base = options if options is not None else SamplingOptions()
     return base.replace(**settings) if settings else base
+
+
+def latest_turns(tokenizer: ChatTokenizer, turns: list[dict], room: int) -> list[dict]:
+    """`turns` without their oldest turns after a leading system prompt, as few as it takes for the
+    rendered prompt to fit `room` tokens (and, once any are dropped, without an assistant turn left
+    at the front: the kept history starts with a question). The latest turn always stays."""
+    sizes = [len(render(tokenizer, [turn])) - 1 for turn in turns]  # less the end-of-text each render starts with
+    length = 2 + sum(sizes)  # + that end-of-text, once, and the generation prompt
+    first = 1 if turns[0]["role"] == "system" else 0
+    keep = first
+    while keep < len(turns) - 1 and (length > room or (keep > first and turns[keep]["role"] == "assistant")):
+        length -= sizes[keep]
+        keep += 1
+    return turns[:first] + turns[keep:]

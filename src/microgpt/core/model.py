@@ -19,6 +19,7 @@ from microgpt.core.attention import KVCache, LatentCache, make_attention
 from microgpt.core.config import POSITION_SCHEMES, GPTConfig
 from microgpt.core.flops import kv_cache_bytes_per_token
 from microgpt.core.layers import MLP, RotaryEmbedding, make_norm
+from microgpt.core.masks import document_masking
 from microgpt.core.sampling import check_sampling, left_padding, sample_next
 
 __all__ = ["GPT", "GPTConfig", "Block", "KVCache", "LatentCache", "RotaryEmbedding", "POSITION_SCHEMES"]
@@ -112,13 +113,15 @@ class GPT(nn.Module):
         offset: int = 0,
         pad: torch.Tensor | None = None,
         last_only: bool = False,
+        documents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits over the padded vocabulary for (B, T) ids; loss too when targets are given.
 
         `caches` (one KVCache per layer) and `offset` (position of idx[:, 0]) serve incremental
         decoding; training passes neither. `pad` (B,) says how many leading tokens of each row's
         sequence are left padding (prompts of different lengths in one batch). `last_only`: the
-        logits of the last position only, (B, 1, V): all that generation reads.
+        logits of the last position only, (B, 1, V): all that generation reads. `documents` (B, T):
+        each token's document in a packed window; attention stays inside each (core/masks.py).
         """
         T = idx.size(1)
         if offset + T > self.config.block_size:
@@ -126,6 +129,8 @@ class GPT(nn.Module):
                 f"sequence of {offset + T} tokens exceeds the context window ({self.config.block_size})"
             )
         padding = left_padding(pad, offset, T) if pad is not None else {}
+        if documents is not None:
+            padding = document_masking(documents)
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(padding.get("positions", torch.arange(offset, offset + T, device=idx.device)))

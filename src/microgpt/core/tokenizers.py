@@ -9,19 +9,23 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from microgpt.core.bpe import BPETokenizer
+from microgpt.core.chat import KIND as CHAT_KIND
+from microgpt.core.chat import ChatTokenizer
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.core.tokenizer import FILE_FORMAT, CharTokenizer, TiktokenTokenizer, Tokenizer
 from microgpt.core.tokenizer_json import KIND as HF_KIND
 from microgpt.core.tokenizer_json import TOKENIZER_JSON, HFTokenizer, read_hf_tokenizer
 
 TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {"tiktoken": TiktokenTokenizer, "char": CharTokenizer, "bpe": BPETokenizer,
-                                               HF_KIND: HFTokenizer}
+                                               HF_KIND: HFTokenizer, CHAT_KIND: ChatTokenizer}
 # The tokenizer file an export writes beside the weights: the exact tokenizer the model was trained with.
 MICROGPT_TOKENIZER_FILE = "microgpt_tokenizer.json"
 
 
 def tokenizer_from_state(state: dict) -> Tokenizer:
     kind = state.get("kind")
+    if isinstance(state.get("base"), dict):  # a tokenizer around another (chat's special tokens): that one first
+        state = {**state, "base": tokenizer_from_state(state["base"])}
     if kind in TOKENIZER_KINDS:
         return TOKENIZER_KINDS[kind].from_state(state)
     raise ConfigError(f"unknown tokenizer kind {kind!r}; known kinds: {sorted(TOKENIZER_KINDS)}")

@@ -23,16 +23,16 @@ def hf_documents(source: dict, part: tuple[int, int] | None = None) -> Iterator[
         raise ConfigError("an hf source needs `path:` (a Hub dataset name, a builder such as json/parquet/text, or a saved dataset directory)")
     split = source.get("split", "train")
     field = source.get("text_field", "text")
-    dataset = _open(path, source.get("name"), split, source.get("data_files"), bool(source.get("streaming", True)))
+    dataset = open_dataset(path, source.get("name"), split, source.get("data_files"), bool(source.get("streaming", True)))
     if part is not None and part[1] > 1:
         from datasets.distributed import split_dataset_by_node
 
         dataset = split_dataset_by_node(dataset, rank=part[0], world_size=part[1])
     keep = record_filter(source.get("filter"))
-    yield from record_texts((r for r in _records(dataset) if keep(r)), field, f"hf dataset {path}")
+    yield from record_texts((r for r in dataset_records(dataset) if keep(r)), field, f"hf dataset {path}")
 
 
-def _records(dataset) -> Iterator[dict]:
+def dataset_records(dataset) -> Iterator[dict]:
     """The rows of a dataset. A streamed one is read through `.iter()`: iterating it directly inside a
     DataLoader worker would also split its shards among the workers, on top of our own split, and
     silently drop the documents of the workers it gives no shard."""
@@ -65,7 +65,7 @@ def record_filter(spec: dict | None):
     return keep
 
 
-def _open(path: str, name: str | None, split: str, data_files, streaming: bool):
+def open_dataset(path: str, name: str | None, split: str, data_files, streaming: bool):
     import datasets
 
     if Path(path).is_dir() and any((Path(path) / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from microgpt.core.errors import CheckpointError
+from microgpt.core.lora import add_lora, has_lora, merge_lora
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.core.tokenizers import tokenizer_from_state
@@ -67,7 +68,12 @@ def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[GPT, 
     """The GPT and tokenizer a microgpt checkpoint describes, with its weights loaded."""
     config, state = check_checkpoint(ckpt, source)
     model = GPT(config)
+    lora = ckpt["hyper_parameters"].get("lora")
+    if lora and has_lora(state):  # a LoRA run: its adapters merged into the weights they adapt
+        add_lora(model, lora)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if lora and has_lora(state):
+        merge_lora(model)
     # The LM head is tied to the embedding, so its key may be absent.
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:

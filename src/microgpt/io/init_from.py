@@ -3,6 +3,9 @@ lists, an exported directory or a checkpoint's weights."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from microgpt.core.chat import ChatTokenizer, grow_vocabulary
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
@@ -43,8 +46,24 @@ def initial_weights(init_from: str, model: GPT, tokenizer: Tokenizer) -> None:
         source_model, source_tokenizer = read_pretrained_dir(pretrained_dir(PretrainedModelConfig(name=init_from)))
     else:
         source_model, source_tokenizer = model_from_checkpoint(read_checkpoint(init_from), source=init_from)
-    check_same_network(init_from, source_model.config, source_tokenizer, model.config, tokenizer)
-    copy_weights(model, source_model.state_dict(), init_from)
+    state, source_config = source_model.state_dict(), source_model.config
+    if adds_chat_tokens(source_tokenizer, tokenizer):
+        state = with_chat_rows(state, source_config.vocab_size, model.config.padded_vocab_size)
+        source_config, source_tokenizer = dataclasses.replace(source_config, vocab_size=model.config.vocab_size), tokenizer
+    check_same_network(init_from, source_config, source_tokenizer, model.config, tokenizer)
+    copy_weights(model, state, init_from)
+
+
+def adds_chat_tokens(source: Tokenizer, target: Tokenizer) -> bool:
+    """The run's tokenizer is the source's plus the chat template's tokens (a post-training stage
+    starting from a pretrained model)."""
+    return isinstance(target, ChatTokenizer) and not isinstance(source, ChatTokenizer) and target.base.state() == source.state()
+
+
+def with_chat_rows(state: dict, used: int, rows: int) -> dict:
+    """The embedding (and an untied head) grown to `rows`, the new tokens' rows at the mean embedding."""
+    return {k: grow_vocabulary(v, used, rows) if k in ("transformer.wte.weight", "lm_head.weight") else v
+            for k, v in state.items()}
 
 
 def architecture_settings(config: GPTConfig) -> list[str]:

@@ -20,13 +20,17 @@ from microgpt.lightning.checkpoint_io import AtomicCheckpointIO
 from microgpt.lightning.datamodule import TextDataModule
 from microgpt.lightning.module import GPTModule
 from microgpt.lightning.plan import RunPlan
+from microgpt.lightning.post_datamodule import PostDataModule
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(data: DictConfig, tokenizer: dict | Tokenizer, seed: int,
-                     block_size: int | None = None, val_windows: int | None = None) -> TextDataModule:
-    """The LightningDataModule a `data=` config describes (see `build_text_data`)."""
+def build_datamodule(data: DictConfig, tokenizer: dict | Tokenizer, seed: int, block_size: int | None = None,
+                     val_windows: int | None = None) -> TextDataModule | PostDataModule:
+    """The LightningDataModule a `data=` config describes: text windows (see `build_text_data`), or
+    a post-training stage's rows when it names a `kind` (chat, preferences, prompts)."""
+    if data.get("kind"):
+        return PostDataModule(to_plain(data), tokenizer, seed, block_size or data.block_size)
     return build_text_data(data, tokenizer, seed, block_size, val_windows, cls=TextDataModule)
 
 
@@ -67,6 +71,8 @@ def build_module(cfg: DictConfig, tokenizer: Tokenizer) -> GPTModule:
         optim=to_plain(cfg.optim),
         schedule=fitted_schedule(to_plain(cfg.schedule)),
         compile=bool(cfg.get("compile", False)),
+        objective=to_plain(cfg.objective) if cfg.get("objective") else None,
+        lora=to_plain(cfg.lora) if (cfg.get("lora") or {}).get("r") else None,
     )
 
 

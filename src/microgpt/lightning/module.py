@@ -28,9 +28,9 @@ import hydra
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from torchmetrics import MeanMetric
 
 from microgpt.core.errors import CheckpointError, ConfigError, MicroGPTError
+from microgpt.core.lora import add_lora, has_lora
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.moe import moe_stats
 from microgpt.core.tokenizer import Tokenizer
@@ -48,6 +48,7 @@ WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_or
 # rest of every composed config.
 LEGACY_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True}
 LEGACY_SCHEDULE = {"_target_": "microgpt.core.schedule.WarmupCosine"}
+NEXT_TOKEN = {"_target_": "microgpt.lightning.objectives.base.NextToken"}  # pretraining: the default objective
 
 
 class GPTModule(L.LightningModule):
@@ -67,19 +68,22 @@ class GPTModule(L.LightningModule):
         optim: dict,
         schedule: dict,
         compile: bool = False,
+        objective: dict | None = None,
+        lora: dict | None = None,
     ) -> None:
         super().__init__()
         optim, schedule = with_target(optim, LEGACY_OPTIM), with_target(schedule, LEGACY_SCHEDULE)
+        objective = with_target(objective or {}, NEXT_TOKEN)
         # Not handed to the loggers as they are: a Hub tokenizer's state is megabytes of JSON, which
         # CSVLogger would rewrite as YAML at every save; on_fit_start logs a shortened copy instead.
-        self.save_hyperparameters(dict(model=model, tokenizer=tokenizer, optim=optim, schedule=schedule, compile=compile),
-                                  logger=False)
+        self.save_hyperparameters(dict(model=model, tokenizer=tokenizer, optim=optim, schedule=schedule, compile=compile,
+                                       objective=objective, lora=lora), logger=False)
         self.model = GPT(GPTConfig.from_dict(model))
         self.schedule = instantiate_setting("schedule", schedule, peak_lr=optim.get("lr"))
         # Built (and its settings checked) here, before any trainer starts; called with the
         # parameter groups in configure_optimizers.
         self._optimizer_factory = optimizer_factory(optim)
-        self.val_loss = MeanMetric()
+        self.objective = instantiate_setting("objective", objective)
         self._tokenizer: Tokenizer | None = None
         self._train_forward = self.model  # replaced by a compiled view in setup(); never registered
         # Decided here, on the plain GPT: once FSDP has wrapped it, every parameter is a 1-D shard,
@@ -97,6 +101,7 @@ class GPTModule(L.LightningModule):
         summary = shorten_long_values(dict(self.hparams))
         for logger in self.loggers:
             logger.log_hyperparams(summary)
+        self.objective.on_fit_start(self)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.compile:
@@ -104,14 +109,17 @@ class GPTModule(L.LightningModule):
             # `_orig_mod.` and evaluation / generation run the plain eager model.
             self.__dict__["_train_forward"] = torch.compile(self.model)
 
+    def configure_model(self) -> None:
+        # After init_from's weights went into the plain GPT, before a resume restores the adapters.
+        if self.hparams.get("lora") and not has_lora(self.model.state_dict()):
+            add_lora(self.model, self.hparams.lora)
+            self._decays = {name: p.dim() >= 2 for name, p in self.model.named_parameters()}
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        _, loss = self._train_forward(batch[:, :-1], batch[:, 1:])
-        if self.model.config.n_experts:  # the routers' balancing and z-losses (validation: cross-entropy alone)
-            loss = loss + self.model.moe_loss()
-        return loss
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.objective.training_loss(self, batch)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Once per optimizer step, after the window's last backward: its last micro-batch's routing.
@@ -130,16 +138,12 @@ class GPTModule(L.LightningModule):
         if every and (trainer.global_step + 1) % every == 0:  # Lightning's own logging steps
             log_expert_load(trainer, stats["load"].tolist())
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        targets = batch[:, 1:]
-        _, loss = self.model(batch[:, :-1], targets)
-        self.val_loss.update(loss, weight=targets.numel())
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.objective.validation_update(self, batch)
 
     def on_validation_epoch_end(self) -> None:
-        value = self.val_loss.compute()  # synchronised across ranks by torchmetrics
-        self.val_loss.reset()
-        self.log("val/loss", value, prog_bar=True, sync_dist=False, rank_zero_only=False)
-        self.log("val/ppl", torch.exp(value), sync_dist=False)
+        for name, value in self.objective.validation_metrics().items():  # synchronised across ranks by torchmetrics
+            self.log(name, value, prog_bar=name == "val/loss", sync_dist=False, rank_zero_only=False)
 
     def configure_optimizers(self):
         optim, extra = self.hparams.optim, {}

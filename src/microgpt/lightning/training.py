@@ -24,7 +24,8 @@ from microgpt.core.errors import (
     Requeued,
     require_positive_int,
 )
-from microgpt.core.model import GPTConfig
+from microgpt.core.model import GPT, GPTConfig
+from microgpt.core.tokenizer import Tokenizer
 from microgpt.io.run_dir import RunDirLock, resolve_ckpt_path
 from microgpt.lightning.builders import (
     build_datamodule,
@@ -162,6 +163,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
         initial_weights(str(cfg.init_from), module.model, tokenizer)
         log.info("weights initialised from %s", cfg.init_from)
+    if module.objective.needs_reference:
+        module.objective.set_reference(reference_model(cfg, module.model.config, tokenizer))
     log.info("model: %s parameters", f"{module.model.count_params():,}")
     log_run_config(trainer.loggers, cfg)
     mark_launcher()
@@ -191,6 +194,19 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     log.info("finished at step %d: %s; checkpoints in %s", trainer.global_step,
              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), Path(cfg.paths.output_dir) / "checkpoints")
     return metrics
+
+
+def reference_model(cfg: DictConfig, config: GPTConfig, tokenizer: Tokenizer) -> GPT:
+    """The frozen starting weights DPO and GRPO's KL compare with: `init_from`'s, read again on a
+    resume too (the trained weights then come from the checkpoint), so a resumed run has the same one."""
+    from microgpt.io.init_from import initial_weights
+
+    if not cfg.get("init_from"):
+        raise ConfigError(f"objective {cfg.objective._target_.rsplit('.', 1)[-1]} compares the model with the one it starts "
+                          f"from: set init_from=<the SFT checkpoint, a .ckpt or a model directory>")
+    reference = GPT(config)
+    initial_weights(str(cfg.init_from), reference, tokenizer)
+    return reference
 
 
 def resume_point(requested: str | None, output_dir: str) -> tuple[str | None, str | None]:

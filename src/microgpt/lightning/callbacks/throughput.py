@@ -43,6 +43,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from microgpt.core.errors import ConfigError
 from microgpt.core.flops import flops_per_token, measure_matmul_flops
+from microgpt.lightning.objectives.base import batch_ids
 
 log = logging.getLogger(__name__)
 _IMPORTED_AT = time.time()
@@ -109,8 +110,8 @@ class Interval:
     samples: int = 0
     tokens: int = 0
 
-    def add(self, batch: torch.Tensor) -> None:
-        rows, cols = batch.shape  # (batch, block_size + 1): inputs and shifted targets
+    def add(self, batch) -> None:
+        rows, cols = batch_ids(batch).shape  # (batch, block_size + 1): inputs and shifted targets
         self.samples += rows
         self.tokens += rows * (cols - 1)
 
@@ -181,8 +182,8 @@ class Throughput(ThroughputMonitor):
         self._interval, self._last_step = Interval(), step
         self._log(trainer, pl_module, batch)
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: torch.Tensor) -> None:
-        rows, cols = batch.shape
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, batch) -> None:
+        rows, cols = batch_ids(batch).shape
         world = trainer.world_size
         tokens_per_step = rows * (cols - 1) * trainer.accumulate_grad_batches * world
         pl_module.log("train/tokens", float(trainer.global_step * tokens_per_step), rank_zero_only=True)
