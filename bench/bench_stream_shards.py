@@ -78,10 +78,10 @@ def counting_classes():
         """Opens the Hugging Face dataset and reads no record: what `load_dataset` costs a reader."""
 
         def slot_documents(self, slot, slots):
-            from microgpt.data.hf import _open
+            from microgpt.data.hf import open_dataset
 
             source = self.sources[0]
-            _open(source["path"], source.get("name"), source.get("split", "train"), source.get("data_files"), True)
+            open_dataset(source["path"], source.get("name"), source.get("split", "train"), source.get("data_files"), True)
             return iter(())
 
     return _Counting, _EveryNth, _OpenOnly

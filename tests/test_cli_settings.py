@@ -19,7 +19,10 @@ REQUIRED = {
 }
 # What a data option needs (its ??? settings).
 DATA_NEEDS = {"files": ["data.paths=[x.txt]"], "text": ["data.text=some text"], "url": ["data.url=https://x/y.txt"],
-              "hf": ["data.path=x"], "shards": ["data.shards_dir=x"]}
+              "hf": ["data.path=x"], "shards": ["data.shards_dir=x"], "chat": ["data.path=x.jsonl"],
+              "preferences": ["data.path=x.jsonl"]}
+# The post-training stages read records: their data option's required path.
+STAGE_NEEDS = {"sft": ["data.path=x.jsonl"], "dpo": ["data.path=x.jsonl"]}
 
 
 def check(command: str, *argv: str):
@@ -111,6 +114,7 @@ def test_every_shipped_config_composes_clean_under_the_schema(command, group, op
         argv.append(f"{group}={option}")
     argv += DATA_NEEDS.get(option, []) if group == "data" else []
     argv += {"experiment": ["data.paths=[x.txt]"], "stage": ["init_from=x.ckpt"]}.get(group, [])
+    argv += STAGE_NEEDS.get(option, []) if group == "stage" else []
     assert check(command, *argv) is not None
 
 

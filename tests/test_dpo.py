@@ -77,7 +77,7 @@ def test_the_loss_starts_at_log_two_and_follows_the_formula():
     s = objective.scores(model, module, batch)
     policy, reference = reply_logprobs(model, batch, tok.vocab_size), reply_logprobs(objective.reference, batch, tok.vocab_size)
     margin = 0.5 * ((policy[0] - reference[0]) - (policy[1] - reference[1]))
-    assert float(s["loss"]) == pytest.approx(float(-torch.nn.functional.logsigmoid(margin)), abs=1e-6)
+    assert float(s["loss"].detach()) == pytest.approx(float(-torch.nn.functional.logsigmoid(margin.detach())), abs=1e-6)
 
 
 def held_out_margin(model: GPT, tokenizer: ChatTokenizer, path) -> float:
@@ -131,3 +131,19 @@ def test_bad_dpo_input_is_one_line(tmp_path, pretrained, pairs):
     beta = run_cli("train", *dpo_args(pretrained, pairs, "max_steps=2", "objective.beta=0"), f"hydra.run.dir={tmp_path / 'c'}",
                    cwd=tmp_path)
     assert_clean_error(beta, "objective.beta")
+
+
+def test_the_arithmetic_pairs_read_as_preferences(tmp_path):
+    """The shipped task's pairs (python -m microgpt.evals.arithmetic dpo): a near miss rejected, never
+    a character the right answers lack (a minus sign for sums)."""
+    from microgpt.evals.arithmetic import write_dpo_jsonl
+
+    path = write_dpo_jsonl(tmp_path / "pairs.jsonl", 60, digits=1, seed=3)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 60
+    for r in records:
+        a, b = r["prompt"][0]["content"].rstrip("=").split("+")
+        assert r["chosen"] == str(int(a) + int(b)) and r["rejected"] != r["chosen"] and int(r["rejected"]) >= 0
+    data = preference_data({"kind": "preferences", "path": str(path), "val_fraction": 0.1, "batch_size": 4},
+                           {"kind": "char"}, seed=0, block_size=32)
+    assert len(data.train) + len(data.val) == 60 and "-" not in data.tokenizer.base.chars

@@ -16,7 +16,8 @@ from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.arithmetic import exact_answer, gsm8k_answer, is_held_out, problems
 from microgpt.data.chat_records import conversation
 from microgpt.data.prompts import prompt_data
-from microgpt.evals.arithmetic import checkpoint_pass_at_1, score, write_sft_jsonl, write_text
+from microgpt.evals.arithmetic import checkpoint_pass_at_1, write_sft_jsonl, write_text
+from microgpt.evals.completions import score
 from microgpt.lightning.objectives.grpo import GRPO, group_advantages
 from microgpt.lightning.training import train
 from posttrain import TINY

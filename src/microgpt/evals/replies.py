@@ -9,7 +9,7 @@ from microgpt.core.chat import ChatTokenizer, check_messages, render
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT
 from microgpt.data.prompts import PromptRow, collate_prompts
-from microgpt.evals.arithmetic import complete, completion_texts
+from microgpt.evals.completions import complete, completion_texts
 
 
 def replies(model: GPT, tokenizer: ChatTokenizer, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 32,

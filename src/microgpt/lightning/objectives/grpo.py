@@ -32,7 +32,7 @@ from torchmetrics import MeanMetric
 from microgpt.core.errors import ConfigError, require_positive_int
 from microgpt.core.logprobs import masked_targets, token_logprobs
 from microgpt.core.sampling import check_sampling
-from microgpt.evals.arithmetic import complete, completion_mask, completion_texts, greedy_scores, score
+from microgpt.evals.completions import complete, completion_mask, completion_texts, greedy_scores, score
 from microgpt.lightning.module import unsharded
 from microgpt.lightning.objectives.base import Objective
 
