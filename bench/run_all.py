@@ -34,6 +34,7 @@ SUITE = [
     ("generate", "bench_generate", ["--reps", "3"]),
     ("hellaswag", "bench_hellaswag", ["--reps", "3"]),
     ("lm_eval", "bench_lm_eval", ["--reps", "3", "--requests", "320"]),
+    ("post-training", "bench_posttrain", []),
     ("prepare", "bench_prepare", []),
     ("stream shards", "bench_stream_shards", []),
     ("architectures", "compare_architectures", ["--steps", "100"]),
