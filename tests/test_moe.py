@@ -213,7 +213,7 @@ def test_training_adds_the_moe_loss_and_validation_does_not(small_corpus):
     assert total.item() == pytest.approx((ce + module.model.moe_loss()).item(), rel=1e-6)
     assert total.item() > ce.item()
     module.validation_step(batch, 0)
-    assert module.val_loss.compute().item() == pytest.approx(ce.item(), rel=1e-6)
+    assert module.objective.val_loss.compute().item() == pytest.approx(ce.item(), rel=1e-6)
 
 
 def test_a_training_run_logs_the_router_statistics(tmp_path, small_corpus):

@@ -9,12 +9,13 @@ import torch
 
 from microgpt.core.errors import require_positive_int
 from microgpt.evals.hellaswag import EncodedExample, encode_examples, evaluate, load_examples
+from microgpt.lightning.callbacks.periodic import EveryNSteps
 from microgpt.lightning.module import unsharded
 
 log = logging.getLogger(__name__)
 
 
-class HellaSwag(L.Callback):
+class HellaSwag(EveryNSteps):
     """`source`: a jsonl path or URL (null: the official validation split, downloaded once);
     `limit`: score only the first K examples (quick runs); `every_n_steps`: 0 means only at the end.
 
@@ -25,32 +26,20 @@ class HellaSwag(L.Callback):
 
     def __init__(self, source: str | None = None, every_n_steps: int = 0, limit: int | None = None,
                  batch_size: int = 4, cache_dir: str | None = None) -> None:
-        if every_n_steps != 0:
-            require_positive_int("callbacks.hellaswag.every_n_steps", every_n_steps)
+        super().__init__("hellaswag", every_n_steps)
         require_positive_int("callbacks.hellaswag.batch_size", batch_size)
         self.source = source
-        self.every_n_steps = every_n_steps
         self.limit = limit
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self._examples: list[EncodedExample] | None = None
         self._skipped = 0
-        self._last_step = -1
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         # Read and encode before training starts, so a bad file or URL fails at once.
         if stage == "fit" and self._examples is None:
             examples = load_examples(self.source, self.limit, self.cache_dir)
             self._examples, self._skipped = encode_examples(examples, pl_module.tokenizer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
-            self.score(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self.score(trainer, pl_module)
 
     def score(self, trainer: L.Trainer, pl_module) -> None:
         self._last_step = trainer.global_step

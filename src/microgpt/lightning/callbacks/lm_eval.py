@@ -13,6 +13,7 @@ import torch
 
 from microgpt.core.errors import ConfigError, require_positive_int
 from microgpt.core.language_model import LanguageModel
+from microgpt.lightning.callbacks.periodic import EveryNSteps
 from microgpt.lightning.module import unsharded
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def preserved_rng():
         np.random.set_state(state[1])
 
 
-class LmEval(L.Callback):
+class LmEval(EveryNSteps):
     """`tasks`: lm-eval task names (lm-eval's own, or defined by the YAMLs under `include_path`);
     `every_n_steps`: 0 means only at the end; `limit`: the first K examples of each task; the rest
     as for `python -m microgpt.eval`'s `lm_eval:` options.
@@ -50,13 +51,10 @@ class LmEval(L.Callback):
         if not tasks or not all(isinstance(t, str) and t for t in tasks):
             raise ConfigError(f"callbacks.lm_eval.tasks must name lm-eval tasks, got {tasks!r} "
                               f"(callbacks.lm_eval.tasks=[arc_easy,piqa])")
-        if every_n_steps != 0:
-            require_positive_int("callbacks.lm_eval.every_n_steps", every_n_steps)
+        super().__init__("lm_eval", every_n_steps)
         require_positive_int("callbacks.lm_eval.batch_size", batch_size)
         self.tasks = tasks
-        self.every_n_steps = every_n_steps
         self.options = LmEvalOptions(include_path, limit, num_fewshot, batch_size, max_gen_toks, bootstrap_iters)
-        self._last_step = -1
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if stage == "fit":
@@ -65,15 +63,6 @@ class LmEval(L.Callback):
 
             require_lm_eval()
             load_tasks(task_manager(self.tasks, self.options.include_path), self.tasks)  # data readable
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_step:
-            self.score(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self.score(trainer, pl_module)
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
         from microgpt.evals.lm_eval.runner import run_lm_eval
