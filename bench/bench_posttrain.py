@@ -20,20 +20,6 @@ from bench_posttrain_grpo import RECIPES, held_out, model_args, stages, train
 from common import Row, load_average, print_rows
 
 
-def grown(pretrained: Path):
-    """The pretrained weights as the chat model stage=sft starts from."""
-    from microgpt.core.chat import with_chat_tokens
-    from microgpt.core.model import GPT, GPTConfig
-    from microgpt.io.init_from import initial_weights
-    from microgpt.io.loading import load_model
-
-    start = load_model(pretrained)
-    tokenizer = with_chat_tokens(start.tokenizer)
-    model = GPT(GPTConfig.from_dict({**start.model.config.to_dict(), "vocab_size": tokenizer.vocab_size}))
-    initial_weights(str(pretrained), model, tokenizer)
-    return model.eval(), tokenizer
-
-
 def pair_margin(ckpt: Path, pairs: Path) -> float:
     """Mean log p(chosen) - log p(rejected) of the pairs in `pairs`, under the checkpoint's model."""
     import torch
@@ -61,6 +47,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     from microgpt.evals.arithmetic import held_out_rows, write_dpo_jsonl
     from microgpt.evals.completions import pass_at_1
+    from microgpt.io.init_from import chat_start
 
     r, load_before = RECIPES[args.digits], load_average()
     with tempfile.TemporaryDirectory() as scratch:
@@ -72,7 +59,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         seconds["dpo"] = train(root / "dpo", "stage=dpo", *model_args(r), f"init_from={sft}", f"data.path={root / 'pairs.jsonl'}",
                                f"data.val_path={root / 'pairs_val.jsonl'}", f"max_steps={args.dpo_steps}",
                                f"eval_every={args.dpo_steps}", f"optim.lr={args.dpo_lr}", "data.batch_size=16")
-        model, tokenizer = grown(root / "pretrain" / "checkpoints" / "last.ckpt")
+        start = chat_start(str(root / "pretrain" / "checkpoints" / "last.ckpt"))
+        model, tokenizer = start.model, start.tokenizer
         rows = held_out_rows(tokenizer, args.digits, r["n_val"])
         before_sft = pass_at_1(model, tokenizer, rows, max_new_tokens=args.digits + 3)
         after = {name: held_out(root / run / "checkpoints" / "last.ckpt", args.digits, r["n_val"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, assert_resume_is_exact, run_cli
-from microgpt.core.chat import ChatTokenizer, with_chat_tokens
+from microgpt.core.chat import ChatTokenizer
 from microgpt.core.errors import DataError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import CharTokenizer
@@ -92,15 +92,14 @@ def held_out_margin(model: GPT, tokenizer: ChatTokenizer, path) -> float:
 
 
 def test_dpo_raises_the_held_out_margin(tmp_path, pretrained, pairs):
-    from microgpt.io.init_from import initial_weights
+    from microgpt.io.init_from import chat_start
     from microgpt.io.loading import load_model
 
     result = run_cli("train", *dpo_args(pretrained, pairs, "max_steps=40", "eval_every=20"),
                      f"hydra.run.dir={tmp_path / 'dpo'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     after = load_model(tmp_path / "dpo" / "checkpoints" / "last.ckpt")
-    before = GPT(after.model.config)
-    initial_weights(str(pretrained), before, with_chat_tokens(load_model(pretrained).tokenizer))
+    before = chat_start(str(pretrained)).model
     start, end = held_out_margin(before, after.tokenizer, pairs / "val.jsonl"), held_out_margin(after.model, after.tokenizer, pairs / "val.jsonl")
     assert end > start + 1.0, (start, end)
     logged = (tmp_path / "dpo" / "metrics.csv").read_text()

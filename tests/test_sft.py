@@ -121,9 +121,8 @@ def test_overlong_conversations_are_truncated_or_dropped_and_counted(tmp_path, c
 
 def test_sft_teaches_the_task_measurably(tmp_path, pretrained, chats):
     """Exact-match on held-out prompts: the starting weights (chat rows at the mean embedding) vs after stage=sft."""
-    from microgpt.core.chat import with_chat_tokens
     from microgpt.evals.replies import exact_match
-    from microgpt.io.init_from import initial_weights
+    from microgpt.io.init_from import chat_start
     from microgpt.io.loading import load_model
 
     result = run_cli("train", *sft_args(pretrained, chats, "max_steps=80", "eval_every=40"),
@@ -132,9 +131,8 @@ def test_sft_teaches_the_task_measurably(tmp_path, pretrained, chats):
     held_out = copy_task(None, 40, seed=99)
     after = load_model(tmp_path / "sft" / "checkpoints" / "last.ckpt")
     assert isinstance(after.tokenizer, ChatTokenizer)
-    start = load_model(pretrained)
-    before = GPT(after.model.config)
-    initial_weights(str(pretrained), before, with_chat_tokens(start.tokenizer))
+    before = chat_start(str(pretrained)).model
+    assert before.config == after.model.config  # the network stage=sft trained
     rate_before = exact_match(before, after.tokenizer, held_out)
     rate_after = exact_match(after.model, after.tokenizer, held_out)
     assert rate_after >= 0.5 and rate_after > rate_before + 0.4, (rate_before, rate_after)

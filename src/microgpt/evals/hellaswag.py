@@ -198,21 +198,30 @@ def batch_tensors(examples: Sequence[EncodedExample], window: int, device) -> tu
 
 
 @torch.no_grad()
+def marked_logprobs(model: GPT, inputs: torch.Tensor, targets: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-probabilities over the real vocabulary at the `mask` positions (N, V), their targets (N,),
+    the row each came from (N,)), from one forward pass. The LM head runs on those positions only:
+    with a 50k vocabulary it dominates the cost, and logits for every padded position would be most
+    of the batch's memory. Right padding cannot change the scores: attention is causal."""
+    keep = model.transformer.ln_f.register_forward_hook(lambda module, args, hidden: hidden[mask])
+    try:
+        logits, _ = model(inputs)  # (marked positions, padded vocabulary)
+    finally:
+        keep.remove()
+    # Only real vocabulary ids: the padded ids are never data.
+    logprobs = F.log_softmax(logits[:, : model.vocab_limit].float(), dim=-1)
+    row_of = torch.arange(mask.size(0), device=mask.device)[:, None].expand_as(mask)[mask]
+    return logprobs, targets[mask], row_of
+
+
 def ending_losses(model: GPT, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss over each ending's tokens and their count, both shape (examples, 4), in one
-    forward pass. Right padding cannot change the scores: attention is causal."""
+    forward pass."""
     device = model.transformer.wte.weight.device
     inputs, targets, mask = batch_tensors(examples, model.config.block_size, device)
-    # Run the LM head on the ending positions only: with a 50k vocabulary it dominates the cost,
-    # and logits for every padded position would be most of the batch's memory.
-    keep_endings = model.transformer.ln_f.register_forward_hook(lambda module, args, hidden: hidden[mask])
-    try:
-        logits, _ = model(inputs)  # (ending tokens, padded vocabulary)
-    finally:
-        keep_endings.remove()
-    # Only real vocabulary ids: the padded ids are never data.
-    token_losses = F.cross_entropy(logits[:, : model.vocab_limit].float(), targets[mask], reduction="none")
-    row_of = torch.arange(mask.size(0), device=device)[:, None].expand_as(mask)[mask]
+    logprobs, wanted, row_of = marked_logprobs(model, inputs, targets, mask)
+    token_losses = -logprobs.gather(1, wanted[:, None])[:, 0]
     sums = torch.zeros(mask.size(0), device=device, dtype=torch.float32).index_add_(0, row_of, token_losses)
     return sums.view(-1, NUM_ENDINGS).cpu(), mask.sum(dim=1).view(-1, NUM_ENDINGS).cpu()
 

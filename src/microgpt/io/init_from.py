@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from microgpt.core.chat import ChatTokenizer, grow_vocabulary
+from microgpt.core.chat import ChatTokenizer, grow_vocabulary, with_chat_tokens
 from microgpt.core.errors import ConfigError
+from microgpt.core.language_model import LanguageModel
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import TiktokenTokenizer, Tokenizer
 from microgpt.core.tokenizer_json import HFTokenizer
@@ -52,6 +53,19 @@ def initial_weights(init_from: str, model: GPT, tokenizer: Tokenizer) -> None:
         source_config, source_tokenizer = dataclasses.replace(source_config, vocab_size=model.config.vocab_size), tokenizer
     check_same_network(init_from, source_config, source_tokenizer, model.config, tokenizer)
     copy_weights(model, state, init_from)
+
+
+def chat_start(ckpt: str) -> LanguageModel:
+    """A pretrained checkpoint as the chat model a post-training stage starts from: its tokenizer with
+    the chat tokens, its embedding grown to fit them (new rows at the mean embedding). What
+    `stage=sft init_from=<ckpt>` trains from step 0, for before / after comparisons."""
+    from microgpt.io.checkpoints import model_from_checkpoint, read_checkpoint
+
+    source, tokenizer = model_from_checkpoint(read_checkpoint(ckpt), source=ckpt)
+    tokenizer = with_chat_tokens(tokenizer)
+    model = GPT(dataclasses.replace(source.config, vocab_size=max(source.config.vocab_size, tokenizer.vocab_size)))
+    initial_weights(ckpt, model, tokenizer)
+    return LanguageModel(model, tokenizer)
 
 
 def adds_chat_tokens(source: Tokenizer, target: Tokenizer) -> bool:

@@ -25,13 +25,10 @@ class TextDataModule(TextData, L.LightningDataModule):
         self.check_readers()  # now that the trainer knows the world size
 
     def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return placement(self.trainer)[:2]
 
     def _micro_batches_done(self) -> int:
-        if self.trainer is None:
-            return 0
-        return self.trainer.global_step * self.trainer.accumulate_grad_batches
+        return placement(self.trainer)[2]
 
     def state_dict(self) -> dict:
         # The position itself is derived from the step; these let a resume detect changed data.
@@ -43,3 +40,10 @@ class TextDataModule(TextData, L.LightningDataModule):
         if state.get("train_tokens") not in (None, now):
             log.warning("resuming on different data (%s train tokens now, %s in the checkpoint): "
                         "the batch order will differ from the original run", now, state.get("train_tokens"))
+
+
+def placement(trainer: L.Trainer | None) -> tuple[int, int, int]:
+    """(rank, world size, micro-batches every rank has done): where a resumable data stream starts."""
+    if trainer is None:
+        return 0, 1, 0
+    return trainer.global_rank, trainer.world_size, trainer.global_step * trainer.accumulate_grad_batches

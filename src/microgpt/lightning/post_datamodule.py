@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from microgpt.core.errors import ConfigError
 from microgpt.core.tokenizer import Tokenizer
 from microgpt.data.rows import PostData, train_loader, val_loader
+from microgpt.lightning.datamodule import placement
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,13 @@ class PostDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load()
 
-    def _place(self) -> tuple[int, int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1, 0
-        return trainer.global_rank, trainer.world_size, trainer.global_step * trainer.accumulate_grad_batches
-
     def train_dataloader(self) -> DataLoader:
-        rank, world, done = self._place()
+        rank, world, done = placement(self.trainer)
         return train_loader(self.data, self.batch_size, self.seed, done, rank, world,
                             int(self.settings.get("num_workers") or 0))
 
     def val_dataloader(self) -> DataLoader:
-        rank, world, _ = self._place()
+        rank, world, _ = placement(self.trainer)
         return val_loader(self.data, self.batch_size, self.seed, rank, world)
 
     def state_dict(self) -> dict:

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from microgpt.core.model import GPT
 from microgpt.core.tokenizer import Tokenizer
-from microgpt.evals.hellaswag import EncodedExample, batch_tensors
+from microgpt.evals.hellaswag import EncodedExample, batch_tensors, marked_logprobs
 
 
 @dataclass(frozen=True)
@@ -43,16 +42,9 @@ def continuation_scores(model: GPT, pairs: Sequence[tuple[list[int], list[int]]]
     device = model.transformer.wte.weight.device
     rows = [EncodedExample(context, [continuation], 0) for context, continuation in pairs]
     inputs, targets, mask = batch_tensors(rows, model.config.block_size, device)
-    keep = model.transformer.ln_f.register_forward_hook(lambda module, args, hidden: hidden[mask])
-    try:
-        logits, _ = model(inputs)  # (scored tokens, padded vocabulary)
-    finally:
-        keep.remove()
-    logprobs = F.log_softmax(logits[:, : model.vocab_limit].float(), dim=-1)
-    wanted = targets[mask]
+    logprobs, wanted, row_of = marked_logprobs(model, inputs, targets, mask)
     token_logprobs = logprobs.gather(1, wanted[:, None])[:, 0]
     hits = (logprobs.argmax(dim=-1) == wanted).float()
-    row_of = torch.arange(mask.size(0), device=device)[:, None].expand_as(mask)[mask]
     sums = torch.zeros(mask.size(0), device=device).index_add_(0, row_of, token_logprobs)
     misses = torch.zeros(mask.size(0), device=device).index_add_(0, row_of, 1.0 - hits)
     return [Score(float(s), bool(m == 0)) for s, m in zip(sums.cpu(), misses.cpu())]
