@@ -26,6 +26,26 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TARGET = 2.0  # x transformers' tokens/s, same weights, same dtype, batch 1
 
 
+STREAM = ("float32", "one streaming read of the weights' bytes")
+
+
+def weight_bytes(model) -> int:
+    """What one decoding step reads at least: every matrix a token is multiplied by (the head included)."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def bandwidth_row(weights: int, stream_seconds: float, transformers_rate: float):
+    """The most tokens/s any float32 decoder can reach here at batch 1: each token reads all the weights,
+    at best at the rate a plain sum streams the same number of bytes (timed in the same alternation)."""
+    from common import Row
+
+    bound = 1 / stream_seconds
+    return Row("generate", f"float32 memory-bandwidth bound: {weights / 1e6:.0f} MB of weights per token at the "
+               f"{weights / stream_seconds / 1e9:.1f} GB/s a sum streams them",
+               f"{bound:.1f} tok/s = {bound / transformers_rate:.2f}x transformers float32 (2x needs "
+               f"{2 * transformers_rate:.1f} tok/s, {2 * transformers_rate / bound:.0%} of the bound)")
+
+
 def main(argv: list[str] | None = None) -> list:
     """Prints the detailed table; returns the summary rows for bench/run_all.py."""
     from common import Row, interleaved, load_average, machine, median, print_rows
@@ -81,7 +101,10 @@ def main(argv: list[str] | None = None) -> list:
             start = time.perf_counter()
             outputs[key] = run()
             first_call[key] = time.perf_counter() - start
-        times = interleaved(runners, args.reps, warmup=0)
+        weights = weight_bytes(ours["float32"])
+        stream = torch.ones(weights // 4)
+        times = interleaved({**runners, STREAM: lambda: [stream.sum() for _ in range(10)]}, args.reps, warmup=0)
+    stream_seconds = median(times.pop(STREAM)) / 10
 
     print(f"GPT-2 124M shape, random weights, {machine()}, transformers {transformers.__version__}; "
           f"{args.prompt_tokens}-token prompt, {n} new tokens, greedy, median of {args.reps} interleaved runs; "
@@ -118,6 +141,7 @@ def main(argv: list[str] | None = None) -> list:
     rows.append(Row("generate", f"batch 1, fastest of each: microgpt {ours_best[1]} vs transformers {theirs_best[1]}",
                     f"{ours_best[0] / theirs_best[0]:.2f}x ({ours_best[0]:.1f} vs {theirs_best[0]:.1f} tok/s)",
                     f">= {TARGET:g}x", ours_best[0] / theirs_best[0] >= TARGET))
+    rows.append(bandwidth_row(weights, stream_seconds, n / median(times["float32", "transformers generate(use_cache=True)"])))
     print_rows(f"Generation ({args.reps} interleaved reps, medians; load {load_before} -> {load_average()})", rows)
     return rows
 

@@ -1,5 +1,5 @@
 """The fast decoding path (core/model.py: GPT.decode_step, core/attention.py: the caches): an
-inference dtype that keeps fp32's greedy tokens, a compiled decode step that keeps eager's, caches
+inference dtype that keeps fp32's greedy tokens, few-row CPU products on oneDNN (all cores), a compiled decode step that keeps eager's, caches
 written in place (never reallocated), and a bad dtype refused in one line."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import microgpt.core.attention as attention
+import microgpt.core.layers as layers
 from conftest import assert_clean_error, perturbed, run_cli
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT, GPTConfig
@@ -192,3 +194,57 @@ def test_a_bad_dtype_stops_the_generate_command_in_one_line(tmp_path):
     result = run_cli("generate", "ckpt=missing.ckpt", "dtype=float8", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert_clean_error(result, "dtype=float8", "bfloat16")
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def onednn_calls(fn) -> tuple[int, object]:
+    """How many oneDNN linear products `fn` ran, and what it returned."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        out = fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise"), out
+
+
+needs_onednn = pytest.mark.skipif(layers._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN")
+
+
+@needs_onednn
+def test_few_row_cpu_products_without_autograd_run_on_onednn_and_match_f_linear(two_threads):
+    torch.manual_seed(0)
+    linear = layers.Linear(768, 1024)  # past the size where spreading pays
+    one_token = torch.randn(2, 1, 768)
+    with torch.no_grad():
+        calls, out = onednn_calls(lambda: linear(one_token))
+        assert calls == 1
+        torch.testing.assert_close(out, F.linear(one_token, linear.weight, linear.bias), atol=1e-4, rtol=1e-4)
+        many_rows = torch.randn(4, 16, 768)  # training / prefill-sized: MKL's matrix product
+        assert onednn_calls(lambda: linear(many_rows))[0] == 0
+        assert onednn_calls(lambda: layers.Linear(64, 64)(one_token[..., :64]))[0] == 0  # too small to pay
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert onednn_calls(lambda: linear(one_token))[0] == 0
+    calls, out = onednn_calls(lambda: linear(one_token))  # autograd on: the weights get their gradient
+    out.sum().backward()
+    assert calls == 0 and linear.weight.grad is not None
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        assert onednn_calls(lambda: linear(one_token))[0] == 0  # one core: nothing to spread over
+
+
+@needs_onednn
+def test_a_wide_model_decodes_on_onednn_with_the_full_forwards_logits_and_tokens(two_threads):
+    model = build(n_layer=1, n_head=12, n_embd=768)
+    p = prompt(batch=2)
+    with torch.no_grad():
+        calls, tokens = onednn_calls(lambda: model.generate(p, 8, temperature=0))
+        assert calls > 0
+        assert torch.equal(model.generate(p, 8, temperature=0, use_cache=False), tokens)
+        full = model(tokens)[0]
+    torch.testing.assert_close(decode_logits(model, tokens, 6), full[:, 5:], atol=1e-4, rtol=1e-4)

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from microgpt.core.config import GPTConfig
-from microgpt.core.layers import RMSNorm, RotaryEmbedding
+from microgpt.core.layers import Linear, RMSNorm, RotaryEmbedding
 
 LATENT_NORM_EPS = 1e-6  # DeepSeek's latent norms use their default eps, whatever the model's is
 
@@ -95,8 +95,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_size
         q_width, kv_width = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.split = (q_width, kv_width, kv_width)
-        self.c_attn = nn.Linear(config.n_embd, q_width + 2 * kv_width, bias=config.bias)
-        self.c_proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, q_width + 2 * kv_width, bias=config.bias)
+        self.c_proj = Linear(q_width, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled_init = True
         self.qk_norm = config.qk_norm
         if self.qk_norm != "none":
@@ -143,15 +143,15 @@ class LatentAttention(nn.Module):
         self.latent = config.kv_lora_rank
         q_width = self.n_head * (self.nope + self.rope_dim)
         if config.q_lora_rank is None:
-            self.q_proj = nn.Linear(config.n_embd, q_width, bias=False)  # unbiased in DeepSeek's too
+            self.q_proj = Linear(config.n_embd, q_width, bias=False)  # unbiased in DeepSeek's too
         else:
-            self.q_a_proj = nn.Linear(config.n_embd, config.q_lora_rank, bias=config.bias)
+            self.q_a_proj = Linear(config.n_embd, config.q_lora_rank, bias=config.bias)
             self.q_a_norm = RMSNorm(config.q_lora_rank, LATENT_NORM_EPS)
-            self.q_b_proj = nn.Linear(config.q_lora_rank, q_width, bias=False)
-        self.kv_a_proj = nn.Linear(config.n_embd, self.latent + self.rope_dim, bias=config.bias)
+            self.q_b_proj = Linear(config.q_lora_rank, q_width, bias=False)
+        self.kv_a_proj = Linear(config.n_embd, self.latent + self.rope_dim, bias=config.bias)
         self.kv_a_norm = RMSNorm(self.latent, LATENT_NORM_EPS)
-        self.kv_b_proj = nn.Linear(self.latent, self.n_head * (self.nope + self.v_dim), bias=False)
-        self.c_proj = nn.Linear(self.n_head * self.v_dim, config.n_embd, bias=config.bias)
+        self.kv_b_proj = Linear(self.latent, self.n_head * (self.nope + self.v_dim), bias=False)
+        self.c_proj = Linear(self.n_head * self.v_dim, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled_init = True
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from microgpt.core.attention import KVCache, LatentCache, make_attention
 from microgpt.core.config import POSITION_SCHEMES, GPTConfig
 from microgpt.core.flops import kv_cache_bytes_per_token
-from microgpt.core.layers import MLP, RotaryEmbedding, make_norm
+from microgpt.core.layers import MLP, Linear, RotaryEmbedding, make_norm
 from microgpt.core.masks import document_masking
 from microgpt.core.sampling import check_sampling, left_padding, sample_next
 
@@ -78,7 +78,7 @@ class GPT(nn.Module):
         ))
         if config.pos_emb == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
