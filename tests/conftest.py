@@ -95,13 +95,42 @@ def module_corpus(tmp_path_factory) -> Path:
 
 
 def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m microgpt.<module> args...`, the way a user runs it."""
+    """`python -m microgpt.<module> args...`, the way a user runs it: as a child of the fork server
+    (tests/readme_runner.py: the imports paid once, then argv, environment and directory the command's
+    own) where it can run there, else as a new process. MICROGPT_TEST_FORK=0: always a new process."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MICROGPT_DEBUG")}
     full_env.update({**OFFLINE_ENV, **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", f"microgpt.{module}", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
+    argv = [sys.executable, "-m", f"microgpt.{module}", *args]
+    server = fork_server(module, list(args))
+    if server is None:
+        return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    from readme_runner import Plan
+
+    result = server.run(Plan(f"microgpt.{module}", None, list(args), full_env, ""), Path(cwd), timeout)
+    if result.returncode == -9 and result.stderr.endswith(f"[killed after {timeout} s]"):
+        raise subprocess.TimeoutExpired(argv, timeout, result.stdout, result.stderr)
+    return subprocess.CompletedProcess(argv, result.returncode, result.stdout, result.stderr)
+
+
+_FORK_SERVER: list = []  # the session's fork server, started by the first command that can use it
+
+
+def fork_server(module: str, args: list[str]):
+    from readme_runner import COMMANDS, ForkServer, own_process_reason
+
+    if os.environ.get("MICROGPT_TEST_FORK", "1") == "0" or module not in COMMANDS or own_process_reason(args):
+        return None
+    if not _FORK_SERVER:
+        import tempfile
+
+        log = Path(tempfile.mkdtemp(prefix="microgpt-fork-server-")) / "server.log"
+        _FORK_SERVER.append(ForkServer({**os.environ, **OFFLINE_ENV}, log))
+    return _FORK_SERVER[0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _FORK_SERVER:
+        _FORK_SERVER.pop().close()
 
 
 def compose_train(*overrides: str, output_dir: Path | None = None):

@@ -129,6 +129,7 @@ def child(request: dict) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    start_up_settings(request["env"])
     module, source = request.get("module"), request.get("code")
     code = 0
     try:
@@ -168,6 +169,17 @@ def child(request: dict) -> int:
         with _suppress():
             stream.flush()
     return code & 0xFF
+
+
+def start_up_settings(env: dict[str, str]) -> None:
+    """What a new interpreter takes from its environment at start-up, which the server read already:
+    PYTHONPATH's folders on sys.path, and the thread count OpenMP reads when torch is imported."""
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[1:1] = [p for p in extra if p not in sys.path]
+    if env.get("OMP_NUM_THREADS", "").isdigit():
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
 
 
 # ---------------------------------------------------------------- the client (the test's process)
@@ -289,9 +301,19 @@ def plan(command: str, cwd: Path, env: dict[str, str]) -> Plan:
     if len(argv) < 2 or argv[0] != "-m" or argv[1] not in {f"microgpt.{c}" for c in COMMANDS}:
         shown = "python -c" if argv[:1] == ["-c"] else f"python {' '.join(argv[:2])}"
         return fallback(f"{shown} is not `python -m microgpt.<command>`")
-    if any(re.match(r"^\+*trainer=\S*ddp", a) or "strategy=ddp" in a for a in argv[2:]):
-        return fallback("DDP starts its ranks by running sys.executable again")
+    why = own_process_reason(argv[2:])
+    if why:
+        return fallback(why)
     return Plan(argv[1], None, argv[2:], new_env, "", stdin)
+
+
+def own_process_reason(args: list[str]) -> str:
+    """Why a command with these arguments needs a process of its own (empty: it can run forked)."""
+    if any(re.match(r"^\+*trainer=\S*(ddp|fsdp)", a) or re.search(r"strategy=\S*(ddp|fsdp)", a) for a in args):
+        return "DDP starts its ranks by running sys.executable again"
+    if any(re.match(r"^\+*(hydra/launcher=(?!basic$)|trainer=slurm)", a) for a in args):
+        return "this multirun's launcher starts its jobs as new processes"
+    return ""
 
 
 def run_command(server: ForkServer | None, command: str, cwd: Path, env: dict[str, str], timeout: float) -> Result:

@@ -97,7 +97,7 @@ def closed_port() -> int:
      ["could not download", "refused"]),
 ])
 def test_bad_settings_are_user_errors_that_name_the_fix(tmp_path, small_corpus, monkeypatch, args, error, words):
-    monkeypatch.setattr("microgpt.io.download.DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "cache"))
     args = [a.replace("{port}", str(closed_port())) for a in args]
     data = [] if any(a.startswith("data=") for a in args) else files_data(small_corpus)
     with pytest.raises(error) as raised:

@@ -11,6 +11,7 @@ import torch
 from conftest import assert_clean_error, assert_resume_is_exact, run_cli
 from microgpt.core.chat import ChatTokenizer, check_messages, render
 from microgpt.core.errors import DataError
+from microgpt.core.layers import Linear
 from microgpt.core.logprobs import masked_targets
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import CharTokenizer
@@ -186,7 +187,7 @@ def test_lora_trains_adapters_only_and_merges_into_plain_weights(tmp_path, pretr
     adapted.load_state_dict(state)
     x = torch.randint(0, config.vocab_size, (2, 12))
     merged = load_model(tmp_path / "lora" / "checkpoints" / "last.ckpt").model
-    assert type(merged.transformer.h[0].mlp.c_fc) is torch.nn.Linear
+    assert type(merged.transformer.h[0].mlp.c_fc) is Linear  # the plain layer, no adapter left
     torch.testing.assert_close(merged(x)[0], adapted.eval()(x)[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(merge_lora(adapted)(x)[0], merged(x)[0], atol=1e-5, rtol=0)
 

@@ -21,15 +21,19 @@ from microgpt.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path(os.environ.get("MICROGPT_CACHE", Path.home() / ".cache" / "microgpt"))
 CHUNK = 1 << 20
+
+
+def default_cache() -> Path:
+    """MICROGPT_CACHE, read when a download is made (not at import), else ~/.cache/microgpt."""
+    return Path(os.environ.get("MICROGPT_CACHE") or Path.home() / ".cache" / "microgpt")
 
 
 def cache_path_for(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where `url` is cached: a hash of the URL keeps names unique, the basename keeps them readable."""
     name = Path(urlparse(url).path).name or "download"
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return Path(cache_dir or DEFAULT_CACHE) / "downloads" / f"{digest}-{name}"
+    return Path(cache_dir or default_cache()) / "downloads" / f"{digest}-{name}"
 
 
 def fetch(
