@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import os
@@ -201,6 +202,17 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
         out, err = proc.communicate()
         pytest.fail(f"timed out; stderr tail: {err[-3000:]}")
     return proc.returncode, out, err
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """This process's torch thread count set to `n` for the block, then put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 
-from conftest import TINY, compose_train, finish, popen, run_cli
+from conftest import TINY, compose_train, finish, popen, run_cli, torch_threads
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.evals.hellaswag import evaluate_hellaswag
 from microgpt.io.checkpoints import model_from_checkpoint, read_checkpoint
@@ -179,12 +179,8 @@ def test_text_samples_and_hellaswag_run_under_fsdp_on_every_rank(fsdp_run):
     # The final sample is what the checkpoint's model samples in one plain process (the settings
     # of conf/callbacks/default.yaml are the class defaults; the run ran on one thread per rank).
     model, tokenizer = model_from_checkpoint(ckpt)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         (prompt, continuation), = TextSamples(prompts=[""], max_new_tokens=16).generate(model, tokenizer)
-    finally:
-        torch.set_num_threads(threads)
     assert len(set(continuation)) > 2  # sampled text, not a repeated token
     assert text.endswith(f"=== step {MAX_STEPS} | prompt {prompt!r}\n{prompt}{continuation}\n\n")
     # HellaSwag: every example scored once across the ranks; the same figure as the checkpoint's.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import microgpt.core.attention as attention
 import microgpt.core.layers as layers
-from conftest import assert_clean_error, perturbed, run_cli
+from conftest import assert_clean_error, perturbed, run_cli, torch_threads
 from microgpt.core.errors import ConfigError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.io.loading import check_dtype, load_model
@@ -198,10 +198,8 @@ def test_a_bad_dtype_stops_the_generate_command_in_one_line(tmp_path):
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def onednn_calls(fn) -> tuple[int, object]:
@@ -233,8 +231,7 @@ def test_few_row_cpu_products_without_autograd_run_on_onednn_and_match_f_linear(
     calls, out = onednn_calls(lambda: linear(one_token))  # autograd on: the weights get their gradient
     out.sum().backward()
     assert calls == 0 and linear.weight.grad is not None
-    torch.set_num_threads(1)
-    with torch.no_grad():
+    with torch_threads(1), torch.no_grad():
         assert onednn_calls(lambda: linear(one_token))[0] == 0  # one core: nothing to spread over
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_clean_error, assert_resume_is_exact, compose_train, run_cli
+from conftest import assert_clean_error, assert_resume_is_exact, compose_train, run_cli, torch_threads
 from microgpt.core.chat import ChatTokenizer
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.arithmetic import exact_answer, gsm8k_answer, is_held_out, problems
@@ -41,12 +41,8 @@ def start_policy(tmp_path_factory) -> Path:
 @contextmanager
 def one_thread():
     """One torch thread: the same arithmetic, so the same starting policy, on machines of any core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def starting_policy(root: Path) -> Path:

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import TINY, assert_clean_error, fixture_file, run_cli
+from conftest import TINY, assert_clean_error, fixture_file, run_cli, torch_threads
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.core.model import GPT, GPTConfig
 from microgpt.core.tokenizer import CharTokenizer
@@ -37,10 +37,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def jsonl(path: Path, records: list) -> Path:

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIXTURES, OFFLINE_ENV, TINY, compose_train, perturbed, write_small_corpus
+from conftest import FIXTURES, OFFLINE_ENV, TINY, compose_train, perturbed, torch_threads, write_small_corpus
 from microgpt.core.errors import ConfigError
 from microgpt.core.language_model import LanguageModel
 from microgpt.core.model import GPT, GPTConfig
@@ -37,10 +37,8 @@ MicroGPTLM = register_microgpt()
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def requests(kind: str, args: list[tuple]) -> list[Instance]:

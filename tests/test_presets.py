@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import assert_same_weights, compose_train, run_cli, weights
+from conftest import assert_same_weights, compose_train, run_cli, torch_threads, weights
 from microgpt.core.flops import (
     active_param_count,
     flops_per_token,
@@ -175,10 +175,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def job_dirs(sweep) -> dict[str, object]:

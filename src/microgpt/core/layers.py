@@ -40,7 +40,7 @@ class Linear(nn.Linear):
     """nn.Linear whose few-row products on CPU without autograd (decoding: one token per row) run on
     oneDNN, which spreads one matrix-vector product over all cores. `F.linear` goes to MKL, whose
     matrix-vector product uses one core: decoding a 124M model in float32 read its weights at 8 GB/s on
-    2 cores that stream 17 (bench/bench_generate.py). Training, evaluation and prefill are unchanged."""
+    2 cores that stream 17 (bench/bench_generate.py). Training, evaluation and long prompts keep F.linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._spread(x):
@@ -48,11 +48,13 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
     def _spread(self, x: torch.Tensor) -> bool:
+        # Autograd first: a training forward stops at one call. Compiled graphs keep F.linear
+        # (inductor chooses their kernels and cannot lower this call).
+        if torch.is_grad_enabled() or _ONEDNN_LINEAR is None or torch.compiler.is_compiling():
+            return False
         w = self.weight
-        # Compiled graphs keep F.linear: inductor chooses their kernels (and cannot lower this call).
-        return (_ONEDNN_LINEAR is not None and not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
-                and type(w) is nn.Parameter and w.numel() >= _SPREAD_MIN_WEIGHT
-                and x.numel() <= _SPREAD_MAX_ROWS * w.size(1) and not torch.is_grad_enabled()
+        return (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and type(w) is nn.Parameter
+                and w.numel() >= _SPREAD_MIN_WEIGHT and x.numel() <= _SPREAD_MAX_ROWS * w.size(1)
                 and not torch.is_autocast_enabled("cpu") and torch.get_num_threads() > 1)
 
 
