@@ -113,7 +113,7 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict 
     return subprocess.CompletedProcess(argv, result.returncode, result.stdout, result.stderr)
 
 
-_FORK_SERVER: list = []  # the session's fork server, started by the first command that can use it
+_FORK_SERVER: list = []  # this worker's fork server (one per xdist worker), started by the first command that can use it
 
 
 def fork_server(module: str, args: list[str]):
