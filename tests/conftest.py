@@ -95,12 +95,17 @@ def module_corpus(tmp_path_factory) -> Path:
     return write_small_corpus(tmp_path_factory.mktemp("corpus"))
 
 
+def command_env(env: dict | None) -> dict[str, str]:
+    """A command's environment: this one's, offline, without the debugging switches, plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MICROGPT_DEBUG")}
+    return {**full_env, **OFFLINE_ENV, **(env or {})}
+
+
 def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m microgpt.<module> args...`, the way a user runs it: as a child of the fork server
     (tests/readme_runner.py: the imports paid once, then argv, environment and directory the command's
     own) where it can run there, else as a new process. MICROGPT_TEST_FORK=0: always a new process."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MICROGPT_DEBUG")}
-    full_env.update({**OFFLINE_ENV, **(env or {})})
+    full_env = command_env(env)
     argv = [sys.executable, "-m", f"microgpt.{module}", *args]
     server = fork_server(module, list(args))
     if server is None:
@@ -186,12 +191,17 @@ def assert_same_weights(a: Path, b: Path, atol: float) -> None:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
 
 
-def popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """A training process in its own session, so the whole process tree can be killed."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MICROGPT_DEBUG")}
-    return subprocess.Popen([sys.executable, "-m", "microgpt.train", *args], cwd=cwd,
-                            env={**full_env, **OFFLINE_ENV, **(env or {})}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def popen(args: list[str], cwd: Path, env: dict | None = None):
+    """`python -m microgpt.train args...` started without waiting, in a process group of its own, so
+    the whole process tree can be signalled or killed: a child of the fork server where it can run
+    there (a `readme_runner.ForkedProcess`), else a new process (`subprocess.Popen`)."""
+    server = fork_server("train", list(args))
+    if server is not None:
+        from readme_runner import Plan
+
+        return server.start(Plan("microgpt.train", None, list(args), command_env(env), ""), Path(cwd))
+    return subprocess.Popen([sys.executable, "-m", "microgpt.train", *args], cwd=cwd, env=command_env(env),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:

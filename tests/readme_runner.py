@@ -11,8 +11,11 @@ The shell's part stays the shell's: bash expands the command line (quotes, `$(ca
 `VAR=value` prefixes) with `python` defined as a function that writes down its argv and environment
 instead of running (and its stdin, so `cat notes.txt | python ...` works too). A line that calls
 python once, as `python -m microgpt.<command> ...` or `python -c CODE`, runs in the server; anything
-else (`&&` chains, redirections, python's output piped on, several python calls, DDP, which starts its
-ranks by running `sys.executable` again) runs as a real `bash -c` subprocess, as before: see `plan`.
+else (`&&` chains, redirections, python's output piped on, several python calls, a multirun launcher
+that starts its jobs as new processes) runs as a real `bash -c` subprocess, as before: see `plan`.
+DDP runs forked: rank 0 is the child, and Lightning starts the other ranks as new interpreters, as it
+does for a user. A command can also be started without waiting (`ForkServer.start`), for the tests that
+signal a run while it trains.
 
 Run as a script, this file is the server: requests are JSON lines on stdin, replies JSON lines on stdout.
 """
@@ -75,10 +78,15 @@ def serve() -> None:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
-        replies.write(json.dumps(run_forked(request)) + "\n")
+        replies.write(json.dumps(handle(request)) + "\n")
 
 
-def run_forked(request: dict) -> dict:
+def handle(request: dict) -> dict:
+    """One request: run a command to its end (the default), `start` one and answer with its pid at
+    once, or `wait` up to a timeout for one started earlier (timeout 0: a poll)."""
+    op = request.get("op", "run")
+    if op == "wait":
+        return wait_child(request["pid"], request["timeout"], kill=False)
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -86,12 +94,21 @@ def run_forked(request: dict) -> dict:
             code = child(request)
         finally:
             os._exit(code)
-    started, deadline = time.monotonic(), time.monotonic() + request["timeout"]
+    return {"pid": pid} if op == "start" else wait_child(pid, request["timeout"], kill=True)
+
+
+def wait_child(pid: int, timeout: float, kill: bool) -> dict:
+    """The child's exit status once it ends; past the timeout its process group is killed (`kill`) or
+    the answer is that it still runs (returncode None). A started child stays a zombie until waited
+    for, so its pid is never reused while a test may still signal it."""
+    started, deadline = time.monotonic(), time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return {"returncode": os.waitstatus_to_exitcode(status), "seconds": time.monotonic() - started}
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
+            if not kill:
+                return {"returncode": None, "timed_out": True}
             with _suppress():
                 os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -215,20 +232,32 @@ class ForkServer:
             raise RuntimeError(f"no reply from the fork server (exit status {self.proc.poll()})\n{self.log_tail()}")
         return json.loads(line)
 
-    def run(self, how: Plan, cwd: Path, timeout: float) -> Result:
+    def ask(self, request: dict, timeout: float) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._reply(timeout + 60)
+
+    def _request(self, op: str, how: Plan, cwd: Path, timeout: float) -> tuple[dict, Path, Path]:
         self.count += 1
         out, err, inp = (self.tmp / f"{self.count}.{s}" for s in ("out", "err", "in"))
         inp.write_bytes(how.stdin)
-        request = {"module": how.module, "code": how.code, "args": how.args, "env": how.env, "cwd": str(cwd),
-                   "timeout": timeout, "stdin": str(inp), "stdout": str(out), "stderr": str(err)}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        reply = self._reply(timeout + 60)
-        stderr = err.read_text(errors="replace") if err.exists() else ""
+        out.touch()  # readable at once: a started child may not have opened them yet
+        err.touch()
+        request = {"op": op, "module": how.module, "code": how.code, "args": how.args, "env": how.env,
+                   "cwd": str(cwd), "timeout": timeout, "stdin": str(inp), "stdout": str(out), "stderr": str(err)}
+        return self.ask(request, timeout), out, err
+
+    def run(self, how: Plan, cwd: Path, timeout: float) -> Result:
+        reply, out, err = self._request("run", how, cwd, timeout)
+        stderr = _text(err)
         if reply.get("timed_out"):
             stderr += f"\n[killed after {timeout} s]"
-        return Result(reply["returncode"], out.read_text(errors="replace") if out.exists() else "", stderr,
-                      "fork server", reply["seconds"])
+        return Result(reply["returncode"], _text(out), stderr, "fork server", reply["seconds"])
+
+    def start(self, how: Plan, cwd: Path) -> ForkedProcess:
+        """The command started in a child of the server, without waiting for it."""
+        reply, out, err = self._request("start", how, cwd, 0)
+        return ForkedProcess(self, reply["pid"], ["python", "-m", how.module, *how.args], out, err)
 
     def close(self) -> None:
         with _suppress():
@@ -238,6 +267,41 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+class ForkedProcess:
+    """A command running in a child of the fork server, with the part of `subprocess.Popen` the tests
+    use: `pid` (also its process group), `args`, `poll`, `communicate`, `returncode`, `stderr.read()`.
+    Its output goes to files, so `communicate` returns everything it wrote."""
+
+    def __init__(self, server: ForkServer, pid: int, args: list[str], out: Path, err: Path):
+        self.server, self.pid, self.args, self.out, self.err = server, pid, args, out, err
+        self.returncode: int | None = None
+        self.stderr = open(err, errors="replace")
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            limit = 1e9 if timeout is None else timeout
+            reply = self.server.ask({"op": "wait", "pid": self.pid, "timeout": limit}, limit)
+            if reply["returncode"] is None:
+                raise subprocess.TimeoutExpired(f"forked microgpt command (pid {self.pid})", timeout)
+            self.returncode = reply["returncode"]
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        self.stderr.close()
+        return _text(self.out), _text(self.err)
 
 
 # The function bash calls instead of python: argv NUL-separated, the environment python would get.
@@ -309,8 +373,6 @@ def plan(command: str, cwd: Path, env: dict[str, str]) -> Plan:
 
 def own_process_reason(args: list[str]) -> str:
     """Why a command with these arguments needs a process of its own (empty: it can run forked)."""
-    if any(re.match(r"^\+*trainer=\S*(ddp|fsdp)", a) or re.search(r"strategy=\S*(ddp|fsdp)", a) for a in args):
-        return "DDP starts its ranks by running sys.executable again"
     if any(re.match(r"^\+*(hydra/launcher=(?!basic$)|trainer=slurm)", a) for a in args):
         return "this multirun's launcher starts its jobs as new processes"
     return ""
