@@ -134,6 +134,13 @@ def fork_server(module: str, args: list[str]):
     return _FORK_SERVER[0]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The files marked `heavy` first. pytest-xdist hands out whole files in this order
+    (--dist loadfile --no-loadscope-reorder), so the longest start at once rather than one of
+    them running alone at the end; within each part the files keep their usual order."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 def pytest_sessionfinish(session, exitstatus):
     while _FORK_SERVER:
         _FORK_SERVER.pop().close()

@@ -146,12 +146,12 @@ def child(request: dict) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    start_up_settings(request["env"])
     module, source = request.get("module"), request.get("code")
+    sys.path[0] = os.getcwd() if module else ""  # `python -m` puts the current directory first, `-c` ""
+    start_up_settings(request["env"])
     code = 0
     try:
         if module:
-            sys.path[0] = os.getcwd()  # `python -m` puts the current directory first
             sys.modules.pop(module, None)  # run the module's code afresh as __main__, as `python -m` does
             sys.argv = [module, *request["args"]]  # runpy sets argv[0] to the module's file
             runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -159,7 +159,6 @@ def child(request: dict) -> int:
             import builtins
             import types
 
-            sys.path[0] = ""
             sys.argv = ["-c", *request["args"]]
             main = types.ModuleType("__main__")
             main.__builtins__ = builtins
@@ -191,8 +190,7 @@ def child(request: dict) -> int:
 def start_up_settings(env: dict[str, str]) -> None:
     """What a new interpreter takes from its environment at start-up, which the server read already:
     PYTHONPATH's folders on sys.path, and the thread count OpenMP reads when torch is imported."""
-    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[1:1] = [p for p in extra if p not in sys.path]
+    sys.path[1:1] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]  # after sys.path[0], as at start-up
     if env.get("OMP_NUM_THREADS", "").isdigit():
         import torch
 

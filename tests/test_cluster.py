@@ -30,6 +30,8 @@ from conftest import (
 from microgpt.io.run_dir import newest_checkpoint
 from microgpt.lightning.training import train
 
+pytestmark = pytest.mark.heavy  # long real-process runs: handed to a worker first (conftest.py)
+
 FAULT = [*TINY, "callbacks.text_samples=null", "model.dropout=0.1", "eval_every=1000"]
 
 

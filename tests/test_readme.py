@@ -39,6 +39,8 @@ import pytest
 from conftest import OFFLINE_ENV, fixture_file, fixture_text
 from readme_runner import ForkServer, plan, run_command
 
+pytestmark = pytest.mark.heavy  # long real-process runs: handed to a worker first (conftest.py)
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHELLS = ("bash", "sh", "shell", "console")
 MARKER = re.compile(r"<!--\s*readme-test:\s*(?P<verb>skip|run)\s*(?:\((?P<reason>[^)]*)\))?\s*-->")
@@ -291,9 +293,11 @@ def test_only_plain_python_lines_go_to_the_fork_server(tmp_path: Path):
     assert plan("python -c 'import microgpt' 1", tmp_path, env).code == "import microgpt"
     for line in ("python -m microgpt.train --cfg job | head", "python -m microgpt.export out=x && ls x",
                  "python -m microgpt.train < input.txt", "echo python",
-                 "python -m microgpt.train x=$(python -m microgpt.generate)", "python -m microgpt.train trainer=ddp_cpu",
-                 "python -m pip list"):
+                 "python -m microgpt.train x=$(python -m microgpt.generate)",
+                 "python -m microgpt.train -m seed=1,2 hydra/launcher=joblib", "python -m pip list"):
         assert plan(line, tmp_path, env).module is None, line
+    # DDP's rank 0 runs forked; Lightning starts the other ranks as new interpreters.
+    assert plan("python -m microgpt.train trainer=ddp_cpu", tmp_path, env).args == ["trainer=ddp_cpu"]
 
 
 def test_the_readme_has_runnable_examples():

@@ -20,6 +20,8 @@ from microgpt.data.chat_records import conversation, read_records
 from microgpt.lightning.objectives.sft import SFT
 from posttrain import TINY, copy_task
 
+pytestmark = pytest.mark.heavy  # long real-process runs: handed to a worker first (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory):

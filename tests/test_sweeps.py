@@ -17,6 +17,8 @@ from microgpt.cli.command import keep_sweeping
 from microgpt.core.errors import ConfigError, Interrupted, Requeued, report_user_errors
 from microgpt.io.run_dir import FAILED_MARKER, failed_jobs
 
+pytestmark = pytest.mark.heavy  # long real-process runs: handed to a worker first (conftest.py)
+
 SHORT = [*TINY, "max_steps=4", "eval_every=2", "checkpoint_every=2", "callbacks.text_samples=null", "data=files"]
 SOUP = "+hydra.callbacks.soup._target_=microgpt.souping.callback.SoupCallback"
 
