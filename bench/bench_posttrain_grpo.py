@@ -52,14 +52,15 @@ def train(run_dir: Path, *overrides: str) -> float:
     return time.perf_counter() - start
 
 
-def stages(root: Path, digits: int, r: dict, extra: list[str]) -> dict[str, float]:
-    """Pretrain on sums as text -> stage=sft -> stage=grpo, each as a user runs it; their seconds."""
+def stages(root: Path, digits: int, r: dict, extra: list[str], seeded: list[str] = ()) -> dict[str, float]:
+    """Pretrain on sums as text -> stage=sft -> stage=grpo, each as a user runs it (`seeded`: the
+    overrides all three get); their seconds."""
     from microgpt.evals.arithmetic import write_sft_jsonl, write_text
 
     if not (root / "sums.txt").is_file():
         write_text(root / "sums.txt", r["sums"], digits, seed=r["data_seed"])
         write_sft_jsonl(root / "sft.jsonl", r["sft_records"], digits, seed=r["data_seed"])
-    model = model_args(r)
+    model = [*model_args(r), *seeded]
     seconds = {"pretrain": train(root / "pretrain", *model, "data=files", f"data.paths=[{root / 'sums.txt'}]",
                                  f"max_steps={r['pretrain_steps']}", f"eval_every={r['pretrain_steps']}", "optim.lr=3e-3",
                                  "schedule.warmup_steps=20")}
@@ -78,10 +79,12 @@ def grpo_name(r: dict, extra: list[str]) -> str:
     return "_".join(["grpo", str(r["grpo_steps"]), str(r["lr"]), *(o.replace("=", "").replace("/", "") for o in extra)])
 
 
-def held_out(ckpt: Path, digits: int, n: int) -> dict[str, float]:
+def held_out(ckpt: Path, digits: int, n: int, held_out: bool = True) -> dict[str, float]:
+    """Greedy pass@1 and the sampled reward on `n` held-out problems (held_out=False: the first `n`
+    of the problems stage=grpo trains on, data.seed=0)."""
     from microgpt.evals.arithmetic import checkpoint_pass_at_1
 
-    return checkpoint_pass_at_1(str(ckpt), digits, n, ["+"], max_new_tokens=digits + 3, samples=16)
+    return checkpoint_pass_at_1(str(ckpt), digits, n, ["+"], max_new_tokens=digits + 3, samples=16, held_out=held_out)
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -91,23 +94,30 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--override", nargs="*", default=[], help="more stage=grpo overrides")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (a rerun reuses finished ones)")
+    parser.add_argument("--seed", type=int, default=None, help="every stage's seed= (default: the config's, 1337)")
     args = parser.parse_args(argv)
     r = {**RECIPES[args.digits], **{k: v for k, v in (("grpo_steps", args.grpo_steps), ("lr", args.lr)) if v is not None}}
     load_before = load_average()
     with tempfile.TemporaryDirectory() as scratch:
-        root = args.work or Path(scratch)
+        root = (args.work or Path(scratch)) / ("" if args.seed is None else f"seed{args.seed}")
         root.mkdir(parents=True, exist_ok=True)
-        seconds = stages(root, args.digits, r, args.override)
-        before = held_out(root / "sft" / "checkpoints" / "last.ckpt", args.digits, r["n_val"])
-        after = held_out(root / grpo_name(r, args.override) / "checkpoints" / "last.ckpt", args.digits, r["n_val"])
+        seeded = [] if args.seed is None else [f"seed={args.seed}"]
+        seconds = stages(root, args.digits, r, args.override, seeded)
+        start, end = root / "sft" / "checkpoints" / "last.ckpt", root / grpo_name(r, args.override) / "checkpoints" / "last.ckpt"
+        before, after = held_out(start, args.digits, r["n_val"]), held_out(end, args.digits, r["n_val"])
+        trained = min(r["n_train"], 200)  # the training problems GRPO samples from (the first 200 of 5000 for 2 digits)
+        before_train, after_train = (held_out(c, args.digits, trained, held_out=False) for c in (start, end))
     task = f"{args.digits}-digit addition, {r['n_val']} held-out problems"
     layers, _, width = r["model"]
-    rows = [Row("grpo", f"starting policy ({layers} x {width}): pretrain {r['pretrain_steps']} + stage=sft {r['sft_steps']} "
+    seed = "" if args.seed is None else f", seed {args.seed}"
+    rows = [Row("grpo", f"starting policy ({layers} x {width}{seed}): pretrain {r['pretrain_steps']} + stage=sft {r['sft_steps']} "
                         f"steps ({seconds['pretrain'] + seconds['sft']:.0f} s)",
-                f"pass@1 {before['pass@1']:.3f}, sampled reward {before['sampled']:.3f} ({task})"),
+                f"pass@1 {before['pass@1']:.3f}, sampled reward {before['sampled']:.3f} ({task}); "
+                f"sampled reward {before_train['sampled']:.3f} on {trained} training problems"),
             Row("grpo", f"stage=grpo {r['grpo_steps']} steps x 32 prompts x 8, lr {r['lr']} ({seconds['grpo']:.0f} s)",
-                f"pass@1 {after['pass@1']:.3f}, sampled reward {after['sampled']:.3f}",
-                "above the starting policy's", after["sampled"] > before["sampled"] and after["pass@1"] > before["pass@1"])]
+                f"pass@1 {after['pass@1']:.3f}, sampled reward {after['sampled']:.3f}; "
+                f"sampled reward {after_train['sampled']:.3f} on the training problems",
+                "above the starting policy's on the training problems", after_train["sampled"] > before_train["sampled"] + 0.05)]
     print_rows(f"GRPO on CPU (one thread; load average before: {load_before}, after: {load_average()})", rows)
     return rows
 

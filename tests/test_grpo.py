@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,10 +16,9 @@ from microgpt.core.chat import ChatTokenizer
 from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.arithmetic import exact_answer, gsm8k_answer, is_held_out, problems
 from microgpt.data.chat_records import conversation
-from microgpt.data.prompts import arithmetic_prompts, encoded, prompt_data
-from microgpt.evals.arithmetic import checkpoint_pass_at_1, write_sft_jsonl, write_text
-from microgpt.evals.completions import sampled_reward, score
-from microgpt.io.checkpoints import model_from_checkpoint, read_checkpoint
+from microgpt.data.prompts import prompt_data
+from microgpt.evals.arithmetic import checkpoint_pass_at_1, held_out_rows, write_sft_jsonl, write_text
+from microgpt.evals.completions import score
 from microgpt.lightning.objectives.grpo import GRPO, group_advantages
 from microgpt.lightning.training import train
 from posttrain import TINY
@@ -65,10 +63,8 @@ def grpo_args(start: Path, *extra: str) -> list[str]:
 
 def training_prompt_reward(ckpt: Path) -> float:
     """The mean reward of 16 sampled answers to each of the 73 problems GRPO trains on (data.seed=0)."""
-    model, tokenizer = model_from_checkpoint(read_checkpoint(str(ckpt)), source=str(ckpt))
-    settings = {"digits": 1, "operators": ["+"], "n_train": 73, "n_val": 0, "seed": 0}
-    rows, _ = encoded(tokenizer, arithmetic_prompts(settings)[0], limit=math.inf)
-    return sampled_reward(model.eval(), tokenizer, rows, samples=16, max_new_tokens=4)
+    return checkpoint_pass_at_1(str(ckpt), digits=1, n=73, operators=["+"], max_new_tokens=4, samples=16,
+                                held_out=False)["sampled"]
 
 
 def test_problems_are_seeded_and_the_held_out_ones_never_train():
@@ -119,6 +115,9 @@ def test_prompt_rows_are_left_padded_for_generation(tmp_path):
     for row, ids, pad in zip(data.train[:8], batch["ids"], batch["pad"]):
         assert ids[pad:].tolist() == list(row.ids) and ids[-1] == tok.role_id("assistant")
     assert batch["answers"] == [r.answer for r in data.train[:8]]
+    # The scorers' rows (evals/arithmetic.py) are the problems such a run trains and validates on.
+    assert held_out_rows(tok, 2, 50, seed=1, held_out=False) == data.train
+    assert held_out_rows(tok, 2, 10) == data.val
     # GSM8K-style records: a question and an answer ending "#### <number>".
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"}) + "\n"

@@ -24,10 +24,14 @@ from microgpt.data.prompts import PromptRow, arithmetic_prompts, encoded
 from microgpt.evals.completions import pass_at_1, sampled_reward
 
 
-def held_out_rows(tokenizer, digits: int, n: int, operators: Sequence[str] = ("+",), seed: int = 0) -> list[PromptRow]:
-    """The held-out arithmetic problems GRPO validates on with the same settings (data=arithmetic)."""
-    settings = {"digits": digits, "operators": list(operators), "n_train": 0, "n_val": n, "val_seed": seed}
-    rows, _ = encoded(tokenizer, arithmetic_prompts(settings)[1], limit=math.inf)  # a problem is a few tokens
+def held_out_rows(tokenizer, digits: int, n: int, operators: Sequence[str] = ("+",), seed: int = 0,
+                  held_out: bool = True) -> list[PromptRow]:
+    """The held-out arithmetic problems GRPO validates on with the same settings (data=arithmetic);
+    held_out=False: the training problems a run with data.n_train=`n`, data.seed=`seed` trains on."""
+    settings = {"digits": digits, "operators": list(operators), "n_train": 0 if held_out else n,
+                "n_val": n if held_out else 0, "seed": seed, "val_seed": seed}
+    train, val = arithmetic_prompts(settings)
+    rows, _ = encoded(tokenizer, val if held_out else train, limit=math.inf)  # a problem is a few tokens
     return rows
 
 
@@ -69,16 +73,17 @@ def write_text(path: str | Path, n: int, digits: int, seed: int = 0, operators: 
 
 
 def checkpoint_pass_at_1(ckpt: str, digits: int, n: int, operators: Sequence[str], max_new_tokens: int,
-                         samples: int = 0) -> dict:
-    """`pass_at_1` of a chat checkpoint on `n` held-out problems; with `samples`, also the mean
-    reward of that many completions per problem sampled at temperature 1 (`sampled`)."""
+                         samples: int = 0, held_out: bool = True) -> dict:
+    """`pass_at_1` of a chat checkpoint on `n` held-out problems (held_out=False: the first `n`
+    training problems of data.seed=0); with `samples`, also the mean reward of that many
+    completions per problem sampled at temperature 1 (`sampled`)."""
     from microgpt.core.chat import ChatTokenizer
     from microgpt.io.checkpoints import model_from_checkpoint, read_checkpoint
 
     model, tokenizer = model_from_checkpoint(read_checkpoint(ckpt), source=ckpt)
     if not isinstance(tokenizer, ChatTokenizer):
         raise ConfigError(f"{ckpt} has no chat tokens (a pretrained model): fine-tune it first with stage=sft")
-    rows = held_out_rows(tokenizer, digits, n, operators)
+    rows = held_out_rows(tokenizer, digits, n, operators, held_out=held_out)
     result = pass_at_1(model.eval(), tokenizer, rows, exact_answer, max_new_tokens)
     if samples:
         result["sampled"] = sampled_reward(model, tokenizer, rows, exact_answer, samples, max_new_tokens=max_new_tokens)
