@@ -93,7 +93,7 @@ def cpu_row() -> Row:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=9, help="alternations (a 3-rep median of ~1.5 s runs swung 1.66-1.72x)")
     parser.add_argument("--copies", type=int, default=4, help="copies of the corpus (~2.2 MB each)")
     parser.add_argument("--files", type=int, default=8)
     args = parser.parse_args(argv)

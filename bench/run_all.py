@@ -32,6 +32,7 @@ SUITE = [
     ("data", "bench_data", []),
     ("bpe", "bench_bpe", ["--reps", "3", "--python-chars", "20000"]),
     ("generate", "bench_generate", ["--reps", "3"]),
+    ("matvec", "bench_matvec", []),
     ("hellaswag", "bench_hellaswag", ["--reps", "3"]),
     ("lm_eval", "bench_lm_eval", ["--reps", "3", "--requests", "320"]),
     ("post-training", "bench_posttrain", []),
