@@ -1,10 +1,10 @@
 """The float32 matrix-vector products of one decoding step, side by side: the 49 weight matrices of a
 GPT-2 124M-shaped model (12 blocks x qkv / proj / fc / fc-proj, and the 50257 x 768 head), each
-multiplied by one token's activations, by every kernel torch offers on CPU, beside a plain sum over
-the same bytes (the most any of them could stream).
+multiplied by one token's activations, by three of torch's CPU kernels, beside a plain sum over the
+same bytes (about the most any of them could stream).
 
-What `bench_generate.py`'s float32 row is made of: a decoding step is these products plus ~5 ms of
-small operations, so this says how far the products are from the machine's memory bandwidth.
+What `bench_generate.py`'s float32 row is made of: a decoding step is these products plus a few ms
+of small operations, so this says how far the products are from the machine's memory bandwidth.
 
     python bench/bench_matvec.py [--reps 7]
 """

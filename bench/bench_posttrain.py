@@ -16,7 +16,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench_posttrain_grpo import RECIPES, held_out, model_args, stages, train
+from bench_posttrain_grpo import RECIPES, model_args, scores, stages, train
 from common import Row, load_average, print_rows
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--dpo-steps", type=int, default=40)
     parser.add_argument("--dpo-lr", type=float, default=5e-4)
     args = parser.parse_args(argv)
-    from microgpt.evals.arithmetic import held_out_rows, write_dpo_jsonl
+    from microgpt.evals.arithmetic import problem_rows, write_dpo_jsonl
     from microgpt.evals.completions import pass_at_1
     from microgpt.io.init_from import chat_start
 
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
                                f"eval_every={args.dpo_steps}", f"optim.lr={args.dpo_lr}", "data.batch_size=16")
         start = chat_start(str(root / "pretrain" / "checkpoints" / "last.ckpt"))
         model, tokenizer = start.model, start.tokenizer
-        rows = held_out_rows(tokenizer, args.digits, r["n_val"])
+        rows = problem_rows(tokenizer, args.digits, r["n_val"])
         before_sft = pass_at_1(model, tokenizer, rows, max_new_tokens=args.digits + 3)
-        after = {name: held_out(root / run / "checkpoints" / "last.ckpt", args.digits, r["n_val"])
+        after = {name: scores(root / run / "checkpoints" / "last.ckpt", args.digits, r["n_val"])
                  for name, run in (("sft", "sft"), ("dpo", "dpo"), ("grpo", next(p.name for p in root.glob("grpo_*"))))}
         margins = [pair_margin(root / run / "checkpoints" / "last.ckpt", root / "pairs_val.jsonl") for run in ("sft", "dpo")]
     task = f"{args.digits}-digit addition, {r['n_val']} held-out problems, greedy pass@1"

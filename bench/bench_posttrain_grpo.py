@@ -4,11 +4,13 @@ GRPO, on the arithmetic task (pretrain on sums as text -> stage=sft -> stage=grp
     python bench/bench_posttrain_grpo.py                 # 1-digit addition, 2 x 64 model: ~2 min on one thread
     python bench/bench_posttrain_grpo.py --digits 2      # 2-digit addition, 4 x 128 model: ~15 min
     python bench/bench_posttrain_grpo.py --digits 2 --work /tmp/g --lr 3e-5   # keeps the runs; a rerun reuses pretrain + SFT
+    python bench/bench_posttrain_grpo.py --seed 0       # every stage at seed=0 (the figures depend on it)
 
 Every stage runs as `python -m microgpt.train ...` (a subprocess, as a user runs it). The figures
 come from the checkpoints, on the fixed held-out problems (never in any training data): greedy
 pass@1, the greedy mean reward, and the mean reward of 16 completions per problem sampled at
-temperature 1 (what GRPO raises, with less noise than pass@1).
+temperature 1 (what GRPO raises, with less noise than pass@1); and that sampled reward on the
+training problems GRPO samples from (the first 200 of them), where the rise shows at every seed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from common import Row, load_average, print_rows
@@ -52,7 +55,7 @@ def train(run_dir: Path, *overrides: str) -> float:
     return time.perf_counter() - start
 
 
-def stages(root: Path, digits: int, r: dict, extra: list[str], seeded: list[str] = ()) -> dict[str, float]:
+def stages(root: Path, digits: int, r: dict, extra: list[str], seeded: Sequence[str] = ()) -> dict[str, float]:
     """Pretrain on sums as text -> stage=sft -> stage=grpo, each as a user runs it (`seeded`: the
     overrides all three get); their seconds."""
     from microgpt.evals.arithmetic import write_sft_jsonl, write_text
@@ -60,14 +63,14 @@ def stages(root: Path, digits: int, r: dict, extra: list[str], seeded: list[str]
     if not (root / "sums.txt").is_file():
         write_text(root / "sums.txt", r["sums"], digits, seed=r["data_seed"])
         write_sft_jsonl(root / "sft.jsonl", r["sft_records"], digits, seed=r["data_seed"])
-    model = [*model_args(r), *seeded]
-    seconds = {"pretrain": train(root / "pretrain", *model, "data=files", f"data.paths=[{root / 'sums.txt'}]",
+    common = [*model_args(r), *seeded]
+    seconds = {"pretrain": train(root / "pretrain", *common, "data=files", f"data.paths=[{root / 'sums.txt'}]",
                                  f"max_steps={r['pretrain_steps']}", f"eval_every={r['pretrain_steps']}", "optim.lr=3e-3",
                                  "schedule.warmup_steps=20")}
-    seconds["sft"] = train(root / "sft", "stage=sft", *model, f"init_from={root / 'pretrain/checkpoints/last.ckpt'}",
+    seconds["sft"] = train(root / "sft", "stage=sft", *common, f"init_from={root / 'pretrain/checkpoints/last.ckpt'}",
                            f"data.path={root / 'sft.jsonl'}", f"max_steps={r['sft_steps']}", f"eval_every={r['sft_steps']}",
                            f"optim.lr={r['sft_lr']}", f"data.batch_size={r['sft_batch']}")
-    seconds["grpo"] = train(root / grpo_name(r, extra), "stage=grpo", *model, f"init_from={root / 'sft/checkpoints/last.ckpt'}",
+    seconds["grpo"] = train(root / grpo_name(r, extra), "stage=grpo", *common, f"init_from={root / 'sft/checkpoints/last.ckpt'}",
                             f"data.digits={digits}", f"data.n_train={r['n_train']}", f"data.n_val={r['n_val']}",
                             f"objective.max_new_tokens={digits + 3}", "data.batch_size=32", f"max_steps={r['grpo_steps']}",
                             f"eval_every={r['eval_every']}", f"optim.lr={r['lr']}",
@@ -79,7 +82,7 @@ def grpo_name(r: dict, extra: list[str]) -> str:
     return "_".join(["grpo", str(r["grpo_steps"]), str(r["lr"]), *(o.replace("=", "").replace("/", "") for o in extra)])
 
 
-def held_out(ckpt: Path, digits: int, n: int, held_out: bool = True) -> dict[str, float]:
+def scores(ckpt: Path, digits: int, n: int, held_out: bool = True) -> dict[str, float]:
     """Greedy pass@1 and the sampled reward on `n` held-out problems (held_out=False: the first `n`
     of the problems stage=grpo trains on, data.seed=0)."""
     from microgpt.evals.arithmetic import checkpoint_pass_at_1
@@ -104,9 +107,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
         seeded = [] if args.seed is None else [f"seed={args.seed}"]
         seconds = stages(root, args.digits, r, args.override, seeded)
         start, end = root / "sft" / "checkpoints" / "last.ckpt", root / grpo_name(r, args.override) / "checkpoints" / "last.ckpt"
-        before, after = held_out(start, args.digits, r["n_val"]), held_out(end, args.digits, r["n_val"])
+        before, after = scores(start, args.digits, r["n_val"]), scores(end, args.digits, r["n_val"])
         trained = min(r["n_train"], 200)  # the training problems GRPO samples from (the first 200 of 5000 for 2 digits)
-        before_train, after_train = (held_out(c, args.digits, trained, held_out=False) for c in (start, end))
+        before_train, after_train = (scores(c, args.digits, trained, held_out=False) for c in (start, end))
     task = f"{args.digits}-digit addition, {r['n_val']} held-out problems"
     layers, _, width = r["model"]
     seed = "" if args.seed is None else f", seed {args.seed}"

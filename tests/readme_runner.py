@@ -22,6 +22,7 @@ Run as a script, this file is the server: requests are JSON lines on stdin, repl
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -127,7 +128,6 @@ class _suppress:
 def child(request: dict) -> int:
     """What `cd <cwd> && env -i <env> python -m microgpt.<command> <args> </dev/null >out 2>err` does."""
     import atexit
-    import io
     import runpy
     import threading
     import traceback
@@ -279,7 +279,11 @@ class ForkedProcess:
     def __init__(self, server: ForkServer, pid: int, args: list[str], out: Path, err: Path):
         self.server, self.pid, self.args, self.out, self.err = server, pid, args, out, err
         self.returncode: int | None = None
-        self.stderr = open(err, errors="replace")
+
+    @property
+    def stderr(self) -> io.StringIO:
+        """What the command has written to stderr so far (`proc.stderr.read()`, as with a pipe)."""
+        return io.StringIO(_text(self.err))
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
@@ -298,7 +302,6 @@ class ForkedProcess:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
-        self.stderr.close()
         return _text(self.out), _text(self.err)
 
 

@@ -17,15 +17,15 @@ from microgpt.core.errors import ConfigError, DataError
 from microgpt.data.arithmetic import exact_answer, gsm8k_answer, is_held_out, problems
 from microgpt.data.chat_records import conversation
 from microgpt.data.prompts import prompt_data
-from microgpt.evals.arithmetic import checkpoint_pass_at_1, held_out_rows, write_sft_jsonl, write_text
+from microgpt.evals.arithmetic import checkpoint_pass_at_1, problem_rows, write_sft_jsonl, write_text
 from microgpt.evals.completions import score
 from microgpt.lightning.objectives.grpo import GRPO, group_advantages
 from microgpt.lightning.training import train
 from posttrain import TINY
 
 # One-digit addition: 73 training problems, 27 held out (by hash); answers are 1-2 digits + end-of-turn.
-TASK = ["data.digits=1", "data.n_train=73", "data.n_val=27", "objective.max_new_tokens=4"]
-HELD_OUT = 27
+TRAINING, HELD_OUT = 73, 27
+TASK = ["data.digits=1", f"data.n_train={TRAINING}", f"data.n_val={HELD_OUT}", "objective.max_new_tokens=4"]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def grpo_args(start: Path, *extra: str) -> list[str]:
 
 
 def training_prompt_reward(ckpt: Path) -> float:
-    """The mean reward of 16 sampled answers to each of the 73 problems GRPO trains on (data.seed=0)."""
-    return checkpoint_pass_at_1(str(ckpt), digits=1, n=73, operators=["+"], max_new_tokens=4, samples=16,
+    """The mean reward of 16 sampled answers to each of the problems GRPO trains on (data.seed=0)."""
+    return checkpoint_pass_at_1(str(ckpt), digits=1, n=TRAINING, operators=["+"], max_new_tokens=4, samples=16,
                                 held_out=False)["sampled"]
 
 
@@ -116,8 +116,8 @@ def test_prompt_rows_are_left_padded_for_generation(tmp_path):
         assert ids[pad:].tolist() == list(row.ids) and ids[-1] == tok.role_id("assistant")
     assert batch["answers"] == [r.answer for r in data.train[:8]]
     # The scorers' rows (evals/arithmetic.py) are the problems such a run trains and validates on.
-    assert held_out_rows(tok, 2, 50, seed=1, held_out=False) == data.train
-    assert held_out_rows(tok, 2, 10) == data.val
+    assert problem_rows(tok, 2, 50, seed=1, held_out=False) == data.train
+    assert problem_rows(tok, 2, 10) == data.val
     # GSM8K-style records: a question and an answer ending "#### <number>".
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"}) + "\n"

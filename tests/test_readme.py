@@ -297,7 +297,8 @@ def test_only_plain_python_lines_go_to_the_fork_server(tmp_path: Path):
                  "python -m microgpt.train -m seed=1,2 hydra/launcher=joblib", "python -m pip list"):
         assert plan(line, tmp_path, env).module is None, line
     # DDP's rank 0 runs forked; Lightning starts the other ranks as new interpreters.
-    assert plan("python -m microgpt.train trainer=ddp_cpu", tmp_path, env).args == ["trainer=ddp_cpu"]
+    ddp = plan("python -m microgpt.train trainer=ddp_cpu", tmp_path, env)
+    assert (ddp.module, ddp.args) == ("microgpt.train", ["trainer=ddp_cpu"])
 
 
 def test_the_readme_has_runnable_examples():

@@ -24,8 +24,8 @@ from microgpt.data.prompts import PromptRow, arithmetic_prompts, encoded
 from microgpt.evals.completions import pass_at_1, sampled_reward
 
 
-def held_out_rows(tokenizer, digits: int, n: int, operators: Sequence[str] = ("+",), seed: int = 0,
-                  held_out: bool = True) -> list[PromptRow]:
+def problem_rows(tokenizer, digits: int, n: int, operators: Sequence[str] = ("+",), seed: int = 0,
+                 held_out: bool = True) -> list[PromptRow]:
     """The held-out arithmetic problems GRPO validates on with the same settings (data=arithmetic);
     held_out=False: the training problems a run with data.n_train=`n`, data.seed=`seed` trains on."""
     settings = {"digits": digits, "operators": list(operators), "n_train": 0 if held_out else n,
@@ -83,7 +83,7 @@ def checkpoint_pass_at_1(ckpt: str, digits: int, n: int, operators: Sequence[str
     model, tokenizer = model_from_checkpoint(read_checkpoint(ckpt), source=ckpt)
     if not isinstance(tokenizer, ChatTokenizer):
         raise ConfigError(f"{ckpt} has no chat tokens (a pretrained model): fine-tune it first with stage=sft")
-    rows = held_out_rows(tokenizer, digits, n, operators, held_out=held_out)
+    rows = problem_rows(tokenizer, digits, n, operators, held_out=held_out)
     result = pass_at_1(model.eval(), tokenizer, rows, exact_answer, max_new_tokens)
     if samples:
         result["sampled"] = sampled_reward(model, tokenizer, rows, exact_answer, samples, max_new_tokens=max_new_tokens)
