@@ -1,5 +1,6 @@
 """The fast decoding path (core/model.py: GPT.decode_step, core/attention.py: the caches): an
-inference dtype that keeps fp32's greedy tokens, few-row CPU products on oneDNN (all cores), a compiled decode step that keeps eager's, caches
+inference dtype that keeps fp32's greedy tokens, few-row CPU products on oneDNN (all cores), a compiled decode step that keeps eager's
+(its one-token products a fused multiply-and-sum), caches
 written in place (never reallocated), and a bad dtype refused in one line."""
 
 from __future__ import annotations
@@ -166,6 +167,51 @@ def test_a_compiled_decode_step_serves_other_lengths_and_a_deep_copy_decodes_its
     out = twin.generate(prompt(), 9, temperature=0)
     assert torch.equal(out, eager_twin.generate(prompt(), 9, temperature=0))
     assert not torch.equal(out, model.generate(prompt(), 9, temperature=0))  # not the original's weights
+
+
+def graph_ops(fn, *args) -> set:
+    """The functions dynamo's graph of `fn(*args)` calls (no inductor: the graph as traced)."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(fn, backend=record, fullgraph=True)(*args)
+    return {getattr(node.target, "__name__", str(node.target)) for gm in graphs for node in gm.graph.nodes
+            if node.op in ("call_function", "call_method")}
+
+
+def test_a_compiled_one_token_product_is_a_fused_multiply_and_sum_that_matches_f_linear():
+    torch.manual_seed(0)
+    linear = layers.Linear(64, 96)
+    one, three = torch.randn(1, 1, 64), torch.randn(3, 1, 64)
+    assert "linear" not in graph_ops(linear, one) and {"mul", "sum"} <= graph_ops(linear, one)
+    assert "linear" in graph_ops(linear, three)  # more rows: one matrix product reads the weights once
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "linear" in graph_ops(linear, one)  # autocast's dtype rules belong to F.linear
+    traced = []
+    torch._dynamo.reset()
+    torch.compile(linear, backend=lambda gm, _: traced.append(gm) or gm.forward)(one)  # autograd on
+    assert any(getattr(n.target, "__name__", "") == "linear" for gm in traced for n in gm.graph.nodes)
+    torch._dynamo.reset()
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):  # through inductor, as decoding runs
+        layer, x = copy.deepcopy(linear).to(dtype), one.to(dtype)
+        with torch.no_grad():
+            got, expected = torch.compile(layer)(x), F.linear(x, layer.weight, layer.bias)
+        assert got.dtype == dtype and got.shape == expected.shape
+        torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_the_decode_step_compiles_in_inductors_deterministic_mode_unless_told_otherwise():
+    from microgpt.core.model import decode_compile_options
+
+    assert decode_compile_options({}) == {"options": {"deterministic": True}}
+    assert decode_compile_options({"dynamic": False, "options": {"deterministic": False, "freezing": True}}) == {
+        "dynamic": False, "options": {"deterministic": False, "freezing": True}}  # the caller's options win
+    assert decode_compile_options({"mode": "max-autotune"}) == {"mode": "max-autotune"}  # a mode excludes options
 
 
 def test_dtype_names_are_checked():

@@ -37,25 +37,34 @@ def _onednn_linear():
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose few-row products on CPU without autograd (decoding: one token per row) run on
-    oneDNN, which spreads one matrix-vector product over all cores. `F.linear` goes to MKL, whose
-    matrix-vector product uses one core: decoding a 124M model in float32 read its weights at 8 GB/s on
-    2 cores that stream 17 (bench/bench_generate.py). Training, evaluation and long prompts keep F.linear."""
+    """nn.Linear whose one-token products on CPU without autograd (decoding) read the weights faster.
+
+    Eagerly, few-row products run on oneDNN, which spreads one matrix-vector product over all cores:
+    `F.linear` goes to MKL, whose matrix-vector product uses one core (decoding a 124M model in float32
+    read its weights at 8 GB/s on 2 cores that stream 17). In a compiled graph (`compile_decode_step`)
+    a single row becomes a multiply-and-sum that inductor fuses into one vectorized reduction over the
+    weights, which read them 1.3x faster than oneDNN (bench/bench_matvec.py). Training, evaluation
+    and long prompts keep F.linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._spread(x):
-            return _ONEDNN_LINEAR(x.contiguous(), self.weight, self.bias, "none", [], "")
+        # Autograd first: a training forward stops at one call.
+        if not torch.is_grad_enabled() and self._decoding(x):
+            if torch.compiler.is_compiling():
+                if x.numel() == self.in_features:  # one token: with more, the fused loop would read the weights once per token
+                    y = (x.unsqueeze(-2) * self.weight).sum(-1)
+                    return y if self.bias is None else y + self.bias
+            elif self._spread(x):  # eager only: inductor cannot lower this call
+                return _ONEDNN_LINEAR(x.contiguous(), self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
+    def _decoding(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype == self.weight.dtype and type(self.weight) is nn.Parameter
+                and not torch.is_autocast_enabled("cpu"))
+
     def _spread(self, x: torch.Tensor) -> bool:
-        # Autograd first: a training forward stops at one call. Compiled graphs keep F.linear
-        # (inductor chooses their kernels and cannot lower this call).
-        if torch.is_grad_enabled() or _ONEDNN_LINEAR is None or torch.compiler.is_compiling():
-            return False
         w = self.weight
-        return (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and type(w) is nn.Parameter
-                and w.numel() >= _SPREAD_MIN_WEIGHT and x.numel() <= _SPREAD_MAX_ROWS * w.size(1)
-                and not torch.is_autocast_enabled("cpu") and torch.get_num_threads() > 1)
+        return (_ONEDNN_LINEAR is not None and x.dtype == torch.float32 and w.numel() >= _SPREAD_MIN_WEIGHT
+                and x.numel() <= _SPREAD_MAX_ROWS * w.size(1) and torch.get_num_threads() > 1)
 
 
 _ONEDNN_LINEAR = _onednn_linear()
