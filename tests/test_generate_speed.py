@@ -236,6 +236,20 @@ def test_load_model_in_bfloat16_generates_with_a_bfloat16_cache(tmp_path):
     assert text.startswith("Hello") and len(text) > len("Hello")
 
 
+def test_the_generate_command_with_compile_true_prints_the_eager_text(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=50257)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "model", safe_serialization=True)
+    args = (f"ckpt={tmp_path / 'model'}", "prompt=Hello there", "max_new_tokens=12", "temperature=0", "stop_at_eot=false")
+    eager = run_cli("generate", *args, cwd=tmp_path, timeout=300)
+    compiled = run_cli("generate", *args, "compile=true", cwd=tmp_path, timeout=300)
+    assert eager.returncode == compiled.returncode == 0, compiled.stderr[-3000:]
+    assert eager.stdout.startswith("Hello there") and len(eager.stdout.strip()) > len("Hello there")
+    assert compiled.stdout == eager.stdout
+
+
 def test_a_bad_dtype_stops_the_generate_command_in_one_line(tmp_path):
     result = run_cli("generate", "ckpt=missing.ckpt", "dtype=float8", cwd=tmp_path, timeout=120)
     assert result.returncode == 2

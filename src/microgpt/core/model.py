@@ -199,7 +199,8 @@ class GPT(nn.Module):
 
     def compile_decode_step(self, **options) -> GPT:
         """Generate through a `torch.compile`d `decode_step` from now on (`options` go to
-        torch.compile); prompts are still prefilled eagerly. Compiled on first use, again for a
+        torch.compile, in inductor's deterministic mode unless they say otherwise:
+        `decode_compile_options`); prompts are still prefilled eagerly. Compiled on first use, again for a
         new batch size or cache length (then with dynamic shapes)."""
         # The unbound function, called with the model: a deep copy of this model shares it, and
         # dynamo's guards on the module recompile it for the copy rather than run the original.
