@@ -157,6 +157,13 @@ def test_a_compiled_decode_step_gives_eager_tokens_and_fills_the_same_caches(cac
             torch.testing.assert_close(t, e, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["gqa_rope_untied", "mla", "moe"])
+def test_a_compiled_one_token_decode_step_gives_eager_tokens_in_every_architecture(name):
+    torch._dynamo.reset()  # one prompt: the step's one-token products take the fused multiply-and-sum
+    compiled = build(**VARIANTS[name]).compile_decode_step().generate(prompt(), 10, temperature=0)
+    assert torch.equal(compiled, build(**VARIANTS[name]).generate(prompt(), 10, temperature=0))
+
+
 def test_a_compiled_decode_step_serves_other_lengths_and_a_deep_copy_decodes_its_own_weights():
     torch._dynamo.reset()
     model = build(**VARIANTS["gpt_learned"]).compile_decode_step()
