@@ -82,12 +82,13 @@ def grpo_name(r: dict, extra: list[str]) -> str:
     return "_".join(["grpo", str(r["grpo_steps"]), str(r["lr"]), *(o.replace("=", "").replace("/", "") for o in extra)])
 
 
-def scores(ckpt: Path, digits: int, n: int, held_out: bool = True) -> dict[str, float]:
-    """Greedy pass@1 and the sampled reward on `n` held-out problems (held_out=False: the first `n`
-    of the problems stage=grpo trains on, data.seed=0)."""
+def scores(ckpt: Path, digits: int, n: int, held_out: bool = True, first: int | None = None) -> dict[str, float]:
+    """Greedy pass@1 and the sampled reward on `n` held-out problems (held_out=False: the problems
+    stage=grpo trains on with data.n_train=`n`, data.seed=0), or on the `first` of them."""
     from microgpt.evals.arithmetic import checkpoint_pass_at_1
 
-    return checkpoint_pass_at_1(str(ckpt), digits, n, ["+"], max_new_tokens=digits + 3, samples=16, held_out=held_out)
+    return checkpoint_pass_at_1(str(ckpt), digits, n, ["+"], max_new_tokens=digits + 3, samples=16, held_out=held_out,
+                                first=first)
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         start, end = root / "sft" / "checkpoints" / "last.ckpt", root / grpo_name(r, args.override) / "checkpoints" / "last.ckpt"
         before, after = scores(start, args.digits, r["n_val"]), scores(end, args.digits, r["n_val"])
         trained = min(r["n_train"], 200)  # the training problems GRPO samples from (the first 200 of 5000 for 2 digits)
-        before_train, after_train = (scores(c, args.digits, trained, held_out=False) for c in (start, end))
+        before_train, after_train = (scores(c, args.digits, r["n_train"], held_out=False, first=trained) for c in (start, end))
     task = f"{args.digits}-digit addition, {r['n_val']} held-out problems"
     layers, _, width = r["model"]
     seed = "" if args.seed is None else f", seed {args.seed}"

@@ -139,6 +139,8 @@ def test_grpo_raises_the_reward_on_its_prompts_above_the_starting_policy(tmp_pat
     with one_thread():
         before, after = training_prompt_reward(start_policy), training_prompt_reward(last)
         pass_after = checkpoint_pass_at_1(str(last), digits=1, n=HELD_OUT, operators=["+"], max_new_tokens=4)["pass@1"]
+        some = checkpoint_pass_at_1(str(last), digits=1, n=TRAINING, operators=["+"], max_new_tokens=4, held_out=False, first=5)
+    assert some["problems"] == 5  # scored on the first 5 of the run's 73 training problems
     # GRPO can only sharpen what the starting policy half knows: with nothing right there is no signal.
     assert before > 0.03, f"the starting policy learned too little to start from ({before}): retune start_policy"
     # Measured on one thread by bench/bench_posttrain_grpo.py --seed S (the seed of every stage): 0.10 -> 0.44

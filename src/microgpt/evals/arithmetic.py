@@ -73,9 +73,10 @@ def write_text(path: str | Path, n: int, digits: int, seed: int = 0, operators: 
 
 
 def checkpoint_pass_at_1(ckpt: str, digits: int, n: int, operators: Sequence[str], max_new_tokens: int,
-                         samples: int = 0, held_out: bool = True) -> dict:
-    """`pass_at_1` of a chat checkpoint on `n` held-out problems (held_out=False: the first `n`
-    training problems of data.seed=0); with `samples`, also the mean reward of that many
+                         samples: int = 0, held_out: bool = True, first: int | None = None) -> dict:
+    """`pass_at_1` of a chat checkpoint on `n` held-out problems (held_out=False: the training
+    problems of a run with data.n_train=`n`, data.seed=0), or on the `first` of them (a draw of fewer
+    problems is not the start of a larger one); with `samples`, also the mean reward of that many
     completions per problem sampled at temperature 1 (`sampled`)."""
     from microgpt.core.chat import ChatTokenizer
     from microgpt.io.checkpoints import model_from_checkpoint, read_checkpoint
@@ -83,7 +84,7 @@ def checkpoint_pass_at_1(ckpt: str, digits: int, n: int, operators: Sequence[str
     model, tokenizer = model_from_checkpoint(read_checkpoint(ckpt), source=ckpt)
     if not isinstance(tokenizer, ChatTokenizer):
         raise ConfigError(f"{ckpt} has no chat tokens (a pretrained model): fine-tune it first with stage=sft")
-    rows = problem_rows(tokenizer, digits, n, operators, held_out=held_out)
+    rows = problem_rows(tokenizer, digits, n, operators, held_out=held_out)[:first]
     result = pass_at_1(model.eval(), tokenizer, rows, exact_answer, max_new_tokens)
     if samples:
         result["sampled"] = sampled_reward(model, tokenizer, rows, exact_answer, samples, max_new_tokens=max_new_tokens)
